@@ -1,0 +1,1 @@
+"""Adapters: every external system behind a narrow interface, one module each."""

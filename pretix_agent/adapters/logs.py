@@ -1,0 +1,123 @@
+"""Logging through structlog: one event per line, with a stable event name and its fields.
+
+Three renderings of the same event:
+- journal: `<4>maintenance.marker_restored why=lock path=...` (the `<N>` prefix is the syslog
+  priority journald reads from a stream, so `journalctl -p warning` works);
+- console: `16:09:12 warning maintenance.marker_restored why=lock ...` for a terminal;
+- json: one JSON object per line.
+Secrets never reach any of them: `redact` runs before every renderer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+import structlog
+
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2, "exception": 3}
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+_SECRET_KEY = re.compile(r"pass(word)?|secret|token|authorization|credential", re.IGNORECASE)
+# postgresql://user:secret@host/db, redis://:secret@host -> keep the user, hide the password.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@",
+                           re.IGNORECASE)
+# libpq keyword DSN: password=secret or password='sec ret'
+_KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """Given any text, return it with URL and libpq DSN passwords replaced by ***."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
+
+
+def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: hide values of secret-named keys and passwords inside strings."""
+    for key, value in list(event.items()):
+        if key != "event" and _SECRET_KEY.search(key) and value not in (None, ""):
+            event[key] = "***"
+        elif isinstance(value, str):
+            event[key] = redact_text(value)
+    return event
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False,
+                                                            separators=(",", ":"))
+    if text == "" or any(c in text for c in ' "=\n\r\t\\') :
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def key_values(event: dict[str, Any]) -> str:
+    return " ".join(f"{key}={_format_value(value)}" for key, value in event.items())
+
+
+def render_journal(_logger: Any, method: str, event: dict[str, Any]) -> str:
+    name = event.pop("event", "")
+    event.pop("level", None)
+    event.pop("timestamp", None)  # journald stamps each line itself
+    rest = key_values(event)
+    return f"<{PRIORITIES.get(method, 6)}>{name}" + (f" {rest}" if rest else "")
+
+
+def render_console(_logger: Any, method: str, event: dict[str, Any]) -> str:
+    name = event.pop("event", "")
+    event.pop("level", None)
+    stamp = event.pop("timestamp", None) or time.strftime("%H:%M:%S")
+    rest = key_values(event)
+    return f"{stamp} {method:<7} {name}" + (f" {rest}" if rest else "")
+
+
+def render_json(_logger: Any, method: str, event: dict[str, Any]) -> str:
+    document = {"ts": event.pop("timestamp", None), "level": method, "event": event.pop("event", "")}
+    document.update(event)
+    return json.dumps(document, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def under_journald(stream: TextIO) -> bool:
+    """Return True if `stream` is connected to journald (systemd sets JOURNAL_STREAM=dev:ino)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        stat = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> str:
+    """Set up structlog for the whole process; return the format chosen ("journal", ...)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "journal" if under_journald(stream) else "console"
+    renderer = {"journal": render_journal, "console": render_console, "json": render_json}[fmt]
+    processors: list[Any] = [structlog.processors.format_exc_info, redact]
+    if fmt == "console":
+        processors.insert(0, structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False))
+    elif fmt == "json":
+        processors.insert(0, structlog.processors.TimeStamper(fmt="iso", utc=True))
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    return fmt
+
+
+def get_logger() -> Any:
+    return structlog.get_logger()

@@ -1,0 +1,460 @@
+"""The configuration: one schema that validates, documents and builds frozen typed objects.
+
+`load(path)` reads one TOML file and returns a `Config`, or raises `ConfigError` carrying every
+problem found at once, each with its TOML path and (where the text shows it) its line. Every
+section is optional, so one package serves app nodes, load balancers and database nodes alike.
+Defaults live in the schema below and nowhere else; `reference_markdown()` renders the same schema
+as the configuration reference in the README.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import socket
+import sys
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ConfigProblem
+from .schedule import Window, parse_weekly_time
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Ubuntu 22.04 only
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/pretix-agent/agent.toml")
+
+Path_ = tuple[str | int, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Value kinds: each turns a raw TOML value into a typed one or raises ValueError(one sentence).
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: Any) -> float:
+    """Given "500ms", "2s", "1m30s", "5m", "1h" or "1d", return seconds as a float.
+
+    Raise ValueError for anything else, bare numbers included: a unit-less 2 could mean
+    seconds or milliseconds, and a wrong guess makes a check time out or never fire.
+    """
+    if isinstance(value, bool) or not isinstance(value, str):
+        hint = f' (write "{value}s" or "{value}ms")' if isinstance(value, int | float) and not isinstance(
+            value, bool) else ""
+        raise ValueError(f'expected a duration such as "2s" or "500ms", got {_type_name(value)}{hint}')
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f'expected a duration such as "2s", "500ms" or "1m30s", got "{value}"')
+    if total <= 0:
+        raise ValueError(f'expected a duration greater than zero, got "{value}"')
+    return total
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2,
+               "gib": 1024**3}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+
+
+def parse_size(value: Any) -> int:
+    """Given a byte count (an integer) or "16MiB", "512kB", "1GiB", return bytes as an int.
+
+    Raise ValueError for negative numbers, unknown units or other types.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"expected a size of zero or more bytes, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f'expected a size such as "16MiB" or a number of bytes, got {_type_name(value)}')
+    match = _SIZE_RE.fullmatch(value.strip().lower())
+    if not match or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f'expected a size such as "16MiB", "512kB" or a number of bytes, got "{value}"')
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _nonempty_string(value: Any) -> str:
+    text = _string(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _absolute_path(value: Any) -> Path:
+    text = _string(value)
+    if not text.startswith("/"):
+        raise ValueError(f'expected an absolute path, got "{text}"')
+    if "\0" in text:
+        raise ValueError("a path cannot contain a NUL byte")
+    return Path(text)
+
+
+def _timezone(value: Any) -> zoneinfo.ZoneInfo:
+    text = _string(value)
+    try:
+        return zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f'unknown timezone "{text}": use an IANA name such as "Europe/Berlin" or "UTC"'
+                         ) from None
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _string(value)
+        if text not in choices:
+            raise ValueError(f'expected one of {", ".join(choices)}, got "{text}"')
+        return text
+    convert.choices = choices  # type: ignore[attr-defined]
+    return convert
+
+
+def _weekly_time(value: Any) -> Any:
+    return parse_weekly_time(_string(value))
+
+
+_KIND_NAMES: dict[Callable[[Any], Any], str] = {
+    parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
+    _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema.
+
+
+@dataclass(frozen=True)
+class Key:
+    convert: Callable[[Any], Any]
+    default: Any
+    doc: str
+
+    @property
+    def kind(self) -> str:
+        choices = getattr(self.convert, "choices", None)
+        if choices:
+            return "one of " + ", ".join(f'"{c}"' for c in choices)
+        return _KIND_NAMES.get(self.convert, "value")
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Table:
+    doc: str
+    keys: Mapping[str, Key | Table | TableArray]
+
+
+@dataclass(frozen=True)
+class TableArray:
+    doc: str
+    table: Table
+
+
+SCHEMA = Table("", {
+    "agent": Table("The daemon itself.", {
+        "node": Key(_nonempty_string, "", "This node's name in status, logs and Loki labels; empty means "
+                    "the host name."),
+        "status_file": Key(_absolute_path, Path("/run/pretix-agent/status.json"),
+                           "Where the daemon publishes its status (atomically) for pretix-agentctl."),
+        "state_dir": Key(_absolute_path, Path("/var/lib/pretix-agent"),
+                         "Directory for the daemon's durable state."),
+        "reconcile_interval": Key(parse_duration, 5.0, "Backstop: the longest time between two full "
+                                  "evaluations when nothing happens."),
+    }),
+    "log": Table("Logging.", {
+        "level": Key(_choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
+        "format": Key(_choice("auto", "journal", "console", "json"), "auto",
+                      "auto: journal lines with <N> priority prefixes under systemd, key=value on a "
+                      "terminal."),
+    }),
+    "maintenance": Table("Maintenance mode: the marker nginx looks at, the lock, the weekly windows.", {
+        "marker": Key(_absolute_path, Path("/var/lib/pretix-agent/maintenance"),
+                      "Exists exactly while maintenance is on; nginx answers 503 while it exists."),
+        "lock": Key(_absolute_path, Path("/var/lib/pretix-agent/maintenance.lock"),
+                    "While it exists, maintenance is on (`pretix-agentctl lock`, or `touch`)."),
+        "timezone": Key(_timezone, zoneinfo.ZoneInfo("UTC"), "IANA timezone of the windows."),
+        "window": TableArray("Weekly windows during which maintenance is on.", Table("", {
+            "start": Key(_weekly_time, REQUIRED, 'Weekday and time, e.g. "Sun 22:00".'),
+            "end": Key(_weekly_time, REQUIRED, 'Weekday and time, e.g. "Mon 05:00"; may be in the next '
+                       "week."),
+        })),
+    }),
+})
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed configuration.
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    node: str
+    status_file: Path
+    state_dir: Path
+    reconcile_interval: float
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True)
+class MaintenanceSection:
+    marker: Path
+    lock: Path
+    timezone: zoneinfo.ZoneInfo
+    windows: tuple[Window, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    agent: AgentSection
+    log: LogSection
+    maintenance: MaintenanceSection
+    raw_sections: frozenset[str] = field(default_factory=frozenset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing.
+
+
+def format_path(path: Path_) -> str:
+    """Given ("maintenance", "window", 0, "start"), return "maintenance.window[0].start"."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+_HEADER_RE = re.compile(r"^\[\[\s*(.+?)\s*\]\]|^\[\s*(.+?)\s*\]")
+_KEY_RE = re.compile(r'^((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*=')
+
+
+def _split_dotted(text: str) -> tuple[str, ...]:
+    parts = re.findall(r'"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)', text)
+    return tuple(a or b or c for a, b, c in parts)
+
+
+def locate_lines(text: str) -> dict[Path_, int]:
+    """Given TOML text, return the line number of each table header and key, by TOML path.
+
+    A light line scanner, not a parser: it is only used to point at lines in error messages, so a
+    path it cannot place (inside a multi-line string, say) just gets no line number.
+    """
+    lines: dict[Path_, int] = {}
+    counts: dict[tuple[str, ...], int] = {}
+    current: Path_ = ()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        header = _HEADER_RE.match(stripped)
+        if header:
+            if header.group(1):
+                name = _split_dotted(header.group(1))
+                counts[name] = counts.get(name, -1) + 1
+                current = (*name, counts[name])
+            else:
+                current = _split_dotted(header.group(2))
+            lines.setdefault(current, number)
+            continue
+        key = _KEY_RE.match(stripped)
+        if key:
+            lines.setdefault((*current, *_split_dotted(key.group(1))), number)
+    return lines
+
+
+class _Collector:
+    def __init__(self, file: str, lines: dict[Path_, int]):
+        self.file = file
+        self.lines = lines
+        self.problems: list[ConfigProblem] = []
+
+    def add(self, path: Path_, message: str) -> None:
+        line = None
+        probe = path
+        while probe and line is None:
+            line = self.lines.get(probe)
+            probe = probe[:-1]
+        self.problems.append(ConfigProblem(self.file, format_path(path), message, line))
+
+
+def _walk(table: Table, raw: Any, path: Path_, problems: _Collector) -> dict[str, Any]:
+    """Validate `raw` against `table`; return converted values with defaults filled in."""
+    if not isinstance(raw, dict):
+        problems.add(path, f"expected a table, got {_type_name(raw)}")
+        raw = {}
+    known = list(table.keys)
+    for name in raw:
+        if name not in table.keys:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f'; did you mean "{close[0]}"?' if close else (
+                f"; known keys: {', '.join(known)}" if known else "")
+            problems.add((*path, name), f"unknown key{hint}")
+    out: dict[str, Any] = {}
+    for name, spec in table.keys.items():
+        here = (*path, name)
+        if isinstance(spec, Table):
+            out[name] = _walk(spec, raw.get(name, {}), here, problems)
+        elif isinstance(spec, TableArray):
+            items = raw.get(name, [])
+            if not isinstance(items, list):
+                problems.add(here, f"expected an array of tables ([[{format_path(here)}]]), got "
+                                   f"{_type_name(items)}")
+                items = []
+            out[name] = [_walk(spec.table, item, (*here, i), problems) for i, item in enumerate(items)]
+        elif name in raw:
+            try:
+                out[name] = spec.convert(raw[name])
+            except ValueError as error:
+                problems.add(here, str(error))
+                out[name] = None
+        elif spec.default is REQUIRED:
+            problems.add(here, "is required")
+            out[name] = None
+        else:
+            out[name] = spec.default
+    return out
+
+
+def _build(values: dict[str, Any], problems: _Collector, source: str, sections: frozenset[str]) -> Config:
+    agent = values["agent"]
+    maintenance = values["maintenance"]
+    windows = []
+    for index, window in enumerate(maintenance["window"]):
+        if window["start"] is None or window["end"] is None:
+            continue
+        try:
+            windows.append(Window(window["start"], window["end"]))
+        except ValueError as error:
+            problems.add(("maintenance", "window", index), str(error))
+    if maintenance["marker"] is not None and maintenance["marker"] == maintenance["lock"]:
+        problems.add(("maintenance", "lock"), "must differ from maintenance.marker: the lock pins "
+                     "maintenance on, the marker only shows it")
+    return Config(
+        source=source,
+        agent=AgentSection(node=agent["node"] or socket.gethostname(), status_file=agent["status_file"],
+                           state_dir=agent["state_dir"], reconcile_interval=agent["reconcile_interval"]),
+        log=LogSection(**values["log"]),
+        maintenance=MaintenanceSection(marker=maintenance["marker"], lock=maintenance["lock"],
+                                       timezone=maintenance["timezone"], windows=tuple(windows)),
+        raw_sections=sections,
+    )
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    """Given TOML text, return the Config it describes. Raise ConfigError listing every problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        # tomllib says "... (at line 3, column 7)": keep its words, put the line where ours go.
+        message = str(error)
+        match = re.search(r"\(at line (\d+), column \d+\)$", message)
+        line = int(match.group(1)) if match else None
+        raise ConfigError([ConfigProblem(source, "", f"not valid TOML: {message}", line)]) from None
+    problems = _Collector(source, locate_lines(text))
+    values = _walk(SCHEMA, raw, (), problems)
+    config = _build(values, problems, source, frozenset(raw))
+    if problems.problems:
+        raise ConfigError(problems.problems)
+    return config
+
+
+def load(path: Path | str) -> Config:
+    """Read and parse the file at `path`. Raise ConfigError (one problem) if it cannot be read."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(source, "", "no such file: create it (every section is "
+                                         "optional, an empty file is valid) or pass -c FILE")]) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigProblem(source, "", "is a directory, not a configuration file")]) from None
+    except PermissionError:
+        raise ConfigError([ConfigProblem(source, "", "permission denied: run as root or as a member "
+                                         "of the group that may read it")]) from None
+    except OSError as error:
+        raise ConfigError([ConfigProblem(source, "", f"cannot read: {error.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError([ConfigProblem(source, "", f"not UTF-8 text (byte {error.start})")]) from None
+    return parse(text, source)
+
+
+def defaults() -> Config:
+    """Return the configuration an empty file gives."""
+    return parse("", "<defaults>")
+
+
+def reference_markdown() -> str:
+    """Render the schema as the configuration reference (kept in the README, checked by a test)."""
+    out: list[str] = []
+
+    def render(table: Table, path: Path_) -> None:
+        rows = []
+        for name, spec in table.keys.items():
+            here = (*path, name)
+            if isinstance(spec, Key):
+                default = "(required)" if spec.default is REQUIRED else _show_default(spec.default, name)
+                rows.append(f"| `{name}` | {spec.kind} | {default} | {spec.doc} |")
+        if path:
+            header = f"[[{format_path(path)}]]" if isinstance(path[-1], int) else f"[{format_path(path)}]"
+            out.append(f"#### `{header.replace('[0]', '')}`\n")
+            if table.doc:
+                out.append(table.doc + "\n")
+        if rows:
+            out.append("| key | kind | default | meaning |\n| --- | --- | --- | --- |")
+            out.extend(rows)
+            out.append("")
+        for name, spec in table.keys.items():
+            if isinstance(spec, Table):
+                render(spec, (*path, name))
+            elif isinstance(spec, TableArray):
+                render(Table(spec.doc, spec.table.keys), (*path, name, 0))
+
+    render(SCHEMA, ())
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _show_default(value: Any, name: str) -> str:
+    if name == "node":
+        return "host name"
+    if isinstance(value, float) and name.endswith("interval"):
+        return f'`"{value:g}s"`'
+    if isinstance(value, zoneinfo.ZoneInfo):
+        return f'`"{value.key}"`'
+    if isinstance(value, Path | str):
+        return f'`"{value}"`'
+    return f"`{value}`"

@@ -1,0 +1,340 @@
+"""The process lifecycle: start, loop, reload, stop; systemd notification and its watchdog.
+
+Signal handlers only post to the wake-up queue; the loop does the work. The loop sleeps until
+the earliest of: a posted event (file change, signal), the next window edge (a wall-clock timer),
+the backstop `reconcile_interval`, or the next systemd watchdog ping; it never sleeps a fixed tick.
+Each cycle observes, decides (pure), acts, and publishes the status; it yields one sentence, logged
+whenever it changes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__, config as config_module, maintenance, observe, status
+from .actuator import apply_maintenance
+from .adapters import logs
+from .adapters.clock import WallTimer
+from .adapters.inotify import FileWatcher
+from .adapters.sdnotify import Notifier
+from .errors import AgentError, ConfigError, FileWriteError
+from .schedule import Schedule
+from .wakeup import Wakeup
+
+# Test hook, only with PRETIX_AGENT_TEST_HOOKS=1: SIGUSR2 stalls the main loop for this many seconds
+# so tests can prove that systemd's watchdog then stops getting pings and restarts the daemon.
+TEST_HOOKS_ENV = "PRETIX_AGENT_TEST_HOOKS"
+TEST_STALL_ENV = "PRETIX_AGENT_TEST_STALL_SECONDS"
+
+
+@dataclass
+class Heartbeat:
+    """A worker thread's proof of progress: it beats at least every `max_silence` seconds."""
+
+    name: str
+    max_silence: float
+    last: float
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+
+class Liveness:
+    """The workers the systemd watchdog ping vouches for, besides the main loop itself."""
+
+    def __init__(self) -> None:
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.threads: dict[str, Callable[[], bool]] = {}
+
+    def heartbeat(self, name: str, max_silence: float) -> Heartbeat:
+        self.heartbeats[name] = Heartbeat(name, max_silence, time.monotonic())
+        return self.heartbeats[name]
+
+    def thread(self, name: str, alive: Callable[[], bool]) -> None:
+        self.threads[name] = alive
+
+    def unhealthy(self, now: float) -> list[str]:
+        """Return the names of workers that are dead or silent for too long."""
+        dead = [name for name, alive in self.threads.items() if not alive()]
+        silent = [b.name for b in self.heartbeats.values() if now - b.last > b.max_silence]
+        return dead + silent
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: config_module.Config, notifier: Notifier | None = None):
+        self.config_path = config_path
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.log = logs.get_logger()
+        self.wakeup = Wakeup()
+        self.liveness = Liveness()
+        self.stopping = False
+        self.started_at = time.time()
+        self.previous: maintenance.State | None = None
+        self.decision: maintenance.Decision | None = None
+        self.lock: maintenance.LockInfo | None = None
+        self.failures: list[str] = []
+        self.sentence = ""
+        self.cycles = 0
+        self.cycle_ok = True
+        self.last_publish_error: str | None = None
+        self.watcher: FileWatcher | None = None
+        self.timer: WallTimer | None = None
+        self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Return the exit code (0 after a clean stop)."""
+        self._install_signals()
+        self.timer = WallTimer()
+        try:
+            self._start_watcher()
+        except AgentError as error:
+            self.log.error("agent.start_failed", error=str(error))
+            return 1
+        self.log.info("agent.started", version=__version__, pid=os.getpid(), node=self.config.agent.node,
+                      config=str(self.config_path), notify=self.notifier.enabled,
+                      watchdog_interval=self.notifier.watchdog_interval)
+        self.cycle(["start"])
+        self._notify(READY="1", STATUS=self.sentence)
+        last_ping = 0.0
+        last_cycle = time.monotonic()
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                due = [last_cycle + self.config.agent.reconcile_interval]
+                ping_every = self._ping_interval()
+                if ping_every is not None:
+                    due.append(last_ping + ping_every)
+                reasons, ready = self.wakeup.wait(min(due) - now, (self.timer.fileno(),))
+                if ready:
+                    reasons.append(self._timer_reason())
+                reasons = self._handle_signals(reasons)
+                if self.stopping:
+                    break
+                now = time.monotonic()
+                if reasons or now - last_cycle >= self.config.agent.reconcile_interval:
+                    self.cycle(reasons or ["backstop"])
+                    last_cycle = time.monotonic()
+                if ping_every is not None and time.monotonic() - last_ping >= ping_every:
+                    if self._ping():
+                        last_ping = time.monotonic()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self._notify(STOPPING="1", STATUS="stopping")
+        self.log.info("agent.stopping")
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._publish(state="stopped")
+        if self.timer is not None:
+            self.timer.close()
+        self.notifier.close()
+
+    def _install_signals(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.wakeup.post(f"signal:{signal.Signals(signum).name}")
+
+    def _handle_signals(self, reasons: list[str]) -> list[str]:
+        rest = []
+        for reason in reasons:
+            if reason in ("signal:SIGTERM", "signal:SIGINT"):
+                self.log.info("agent.stop_requested", signal=reason.split(":", 1)[1])
+                self.stopping = True
+            elif reason == "signal:SIGHUP":
+                self.reload()
+                rest.append("reload")
+            elif reason == "signal:SIGUSR2":
+                if self.test_hooks:
+                    seconds = float(os.environ.get(TEST_STALL_ENV, "3600"))
+                    self.log.warning("agent.test_stall", seconds=seconds)
+                    time.sleep(seconds)  # deliberately blind: this is the stall under test
+            else:
+                rest.append(reason)
+        return rest
+
+    def _start_watcher(self) -> None:
+        section = self.config.maintenance
+        for path in (section.marker, section.lock):
+            if not path.parent.is_dir():
+                raise AgentError(f"directory {path.parent} does not exist: create it or change "
+                                 f"[maintenance] {'marker' if path == section.marker else 'lock'}")
+        watcher = FileWatcher((section.marker, section.lock), self.wakeup.post)
+        try:
+            watcher.start()
+        except OSError as error:
+            raise AgentError(f"cannot watch {section.marker.parent}: {error.strerror or error}") from None
+        self.watcher = watcher
+        self.liveness.thread("file-watcher", watcher.alive)
+
+    def _timer_reason(self) -> str:
+        assert self.timer is not None
+        outcome = self.timer.read()
+        if outcome == "clock_set":
+            self.log.warning("clock.set", detail="the wall clock was set; re-evaluating the schedule")
+            return "clock"
+        return "boundary" if outcome == "expired" else "timer"
+
+    # -- reload ----------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Load the configuration again; swap it in only if valid, otherwise keep the old one."""
+        self._notify(RELOADING="1", STATUS="reloading configuration",
+                     MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
+        try:
+            new = config_module.load(self.config_path)
+        except ConfigError as error:
+            for problem in error.problems:
+                self.log.error("config.reload_rejected", problem=str(problem))
+            self.log.error("config.reload_failed", config=str(self.config_path),
+                           detail="kept the running configuration", problems=len(error.problems))
+            self._notify(READY="1", STATUS=f"reload failed, running on the old configuration; {self.sentence}")
+            return
+        old = self.config
+        self.config = new
+        logs.configure(new.log.level, new.log.format)
+        self.log = logs.get_logger()
+        if (old.maintenance.marker, old.maintenance.lock) != (new.maintenance.marker, new.maintenance.lock):
+            try:
+                if self.watcher is not None:
+                    self.watcher.stop()
+                self._start_watcher()
+            except AgentError as error:
+                self.log.error("config.reload_failed", error=str(error), detail="kept the running configuration")
+                self.config = old
+                self._start_watcher()
+        self.log.info("config.reloaded", config=str(self.config_path))
+        self.cycle(["reload"])
+        self._notify(READY="1", STATUS=self.sentence)
+
+    # -- one cycle -------------------------------------------------------------------------------
+
+    def schedule(self) -> Schedule:
+        section = self.config.maintenance
+        return Schedule(section.windows, section.timezone)
+
+    def cycle(self, reasons: list[str]) -> None:
+        """Observe, decide, act, publish. A bug here is logged and reported, never fatal."""
+        self.cycles += 1
+        try:
+            now = datetime.now(timezone.utc)
+            observation = observe.maintenance_files(self.config.maintenance, now)
+            decision = maintenance.decide(self.schedule(), observation, self.previous)
+            self.failures = apply_maintenance(self.config.maintenance, decision, now, self.config.agent.node,
+                                              self.log)
+            if not self.failures:
+                self.previous = decision.state
+            self.decision = decision
+            self.lock = observation.lock
+            self._arm_timer(decision)
+            sentence = decision.sentence + (f"; FAILED: {self.failures[0]}" if self.failures else "")
+            self.cycle_ok = True
+        except Exception as error:  # a bug: keep the daemon up, stop vouching for it to systemd
+            self.cycle_ok = False
+            self.log.exception("loop.cycle_failed", error=f"{type(error).__name__}: {error}")
+            sentence = f"cycle failed: {type(error).__name__}: {error}"
+        if sentence != self.sentence:
+            self.log.info("loop.decided", sentence=sentence, trigger=",".join(reasons))
+            self.sentence = sentence
+            self._notify(STATUS=sentence)
+        self._publish(state="running")
+
+    def _arm_timer(self, decision: maintenance.Decision) -> None:
+        if self.timer is not None:
+            boundary = decision.next_boundary
+            self.timer.arm(boundary.timestamp() if boundary is not None else None)
+
+    # -- status and notification -----------------------------------------------------------------
+
+    def status_document(self, state: str) -> dict[str, Any]:
+        now = time.time()
+        section = self.config.maintenance
+        document: dict[str, Any] = {
+            "format": status.FORMAT,
+            "state": state,
+            "written_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
+            "written_at_unix": now,
+            "stale_after": 3 * self.config.agent.reconcile_interval + 5,
+            "node": self.config.agent.node,
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds"),
+            "config": str(self.config_path),
+            "sentence": self.sentence,
+            "cycles": self.cycles,
+            "healthy": self.cycle_ok and not self.liveness.unhealthy(time.monotonic()),
+        }
+        document["maintenance"] = maintenance_status(section, self.decision, self.failures, self.previous,
+                                                     self.lock)
+        return document
+
+    def _publish(self, state: str) -> None:
+        try:
+            status.publish(self.config.agent.status_file, self.status_document(state))
+            self.last_publish_error = None
+        except FileWriteError as error:
+            if str(error) != self.last_publish_error:
+                self.log.error("status.publish_failed", error=str(error))
+            self.last_publish_error = str(error)
+
+    def _notify(self, **fields: str) -> None:
+        if self.notifier.send(**fields) is False and self.notifier.last_error:
+            self.log.warning("systemd.notify_failed", error=self.notifier.last_error)
+
+    def _ping_interval(self) -> float | None:
+        interval = self.notifier.watchdog_interval
+        return interval / 2 if interval else None
+
+    def _ping(self) -> bool:
+        """Send WATCHDOG=1 only if the main loop's last cycle worked and every worker made progress."""
+        unhealthy = self.liveness.unhealthy(time.monotonic())
+        if unhealthy or not self.cycle_ok:
+            self.log.error("systemd.watchdog_withheld", unhealthy=",".join(unhealthy) or "main loop")
+            return False
+        self._notify(WATCHDOG="1")
+        return True
+
+
+def maintenance_status(section: config_module.MaintenanceSection, decision: maintenance.Decision | None,
+                       failures: list[str], state: maintenance.State | None,
+                       lock: maintenance.LockInfo | None) -> dict[str, Any]:
+    """Return the `maintenance` section of the status document."""
+    out: dict[str, Any] = {"marker": str(section.marker), "lock_file": str(section.lock),
+                           "timezone": section.timezone.key, "windows": [
+                               {"start": str(w.start), "end": str(w.end)} for w in section.windows]}
+    if decision is None:
+        return out
+
+    def moment(value: datetime | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        return {"utc": value.astimezone(timezone.utc).isoformat(timespec="seconds"),
+                "local": value.astimezone(section.timezone).isoformat(timespec="seconds")}
+
+    out.update({
+        "on": decision.state.on,
+        "cause": decision.state.cause,
+        "applied": not failures and state == decision.state,
+        "errors": failures,
+        "inside_window": decision.inside_window,
+        "window_until": moment(decision.window_until),
+        "next_change": moment(decision.next_change),
+        "sentence": decision.sentence,
+        "lock": None if lock is None else {
+            "present": lock.present, "id": lock.lock_id, "by": lock.by, "at": lock.at,
+            "reason": lock.reason, "host": lock.host, "problem": lock.problem},
+    })
+    return out

@@ -1,0 +1,21 @@
+"""Observe: one look at everything a cycle decides on, gathered into immutable values."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from . import maintenance
+from .adapters import files
+from .config import MaintenanceSection
+
+
+def maintenance_files(section: MaintenanceSection, now: datetime) -> maintenance.Observation:
+    """Read the lock and the marker; never raises (unreadable content is part of the observation)."""
+    lock_file = files.read_small(section.lock)
+    if lock_file.present:
+        lock = maintenance.parse_lock(lock_file.content, lock_file.error)
+    else:
+        lock = maintenance.LockInfo(False)
+    marker_file = files.read_small(section.marker)
+    marker = maintenance.parse_marker(marker_file.present, marker_file.content)
+    return maintenance.Observation(now=now, lock=lock, marker=marker)

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ from .wakeup import Wakeup
 # so tests can prove that systemd's watchdog then stops getting pings and restarts the daemon.
 TEST_HOOKS_ENV = "PRETIX_AGENT_TEST_HOOKS"
 TEST_STALL_ENV = "PRETIX_AGENT_TEST_STALL_SECONDS"
+# Also only with the hooks on: shift the daemon's idea of wall-clock time, so a test can start it a
+# second before a window edge instead of waiting for a real Sunday night.
+TEST_CLOCK_OFFSET_ENV = "PRETIX_AGENT_TEST_CLOCK_OFFSET"
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Daemon:
         self.watcher: FileWatcher | None = None
         self.timer: WallTimer | None = None
         self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
+        self.clock_offset = float(os.environ.get(TEST_CLOCK_OFFSET_ENV, "0")) if self.test_hooks else 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -230,7 +234,7 @@ class Daemon:
         """Observe, decide, act, publish. A bug here is logged and reported, never fatal."""
         self.cycles += 1
         try:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(timezone.utc) + timedelta(seconds=self.clock_offset)
             observation = observe.maintenance_files(self.config.maintenance, now)
             decision = maintenance.decide(self.schedule(), observation, self.previous)
             self.failures = apply_maintenance(self.config.maintenance, decision, now, self.config.agent.node,
@@ -255,7 +259,7 @@ class Daemon:
     def _arm_timer(self, decision: maintenance.Decision) -> None:
         if self.timer is not None:
             boundary = decision.next_boundary
-            self.timer.arm(boundary.timestamp() if boundary is not None else None)
+            self.timer.arm(boundary.timestamp() - self.clock_offset if boundary is not None else None)
 
     # -- status and notification -----------------------------------------------------------------
 

@@ -33,6 +33,7 @@ __all__ = [
     "local_to_utc",
     "next_boundary",
     "parse_weekly_time",
+    "validate_window",
 ]
 
 _DAY_ABBREVIATIONS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -75,7 +76,8 @@ class WeeklyTime:
     minute: int
 
     def __post_init__(self) -> None:
-        for name, value, upper in (("weekday", self.weekday, 6), ("hour", self.hour, 23), ("minute", self.minute, 59)):
+        fields = (("weekday", self.weekday, 6), ("hour", self.hour, 23), ("minute", self.minute, 59))
+        for name, value, upper in fields:
             # bool is an int subclass, but True as a weekday is certainly a bug upstream.
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= upper:
                 raise ValueError(f"WeeklyTime {name} must be an integer from 0 to {upper}, got {value!r}")
@@ -176,7 +178,9 @@ class Schedule:
             if not isinstance(window, Window):
                 raise TypeError(f"Schedule windows must be Window objects, got {window!r}")
         if not isinstance(self.timezone, tzinfo):
-            raise TypeError(f"Schedule timezone must be a tzinfo such as ZoneInfo('UTC'), got {self.timezone!r}")
+            raise TypeError(
+                f"Schedule timezone must be a tzinfo such as ZoneInfo('UTC'), got {self.timezone!r}"
+            )
         # Frozen dataclass: the tuple coercion has to bypass __setattr__.
         object.__setattr__(self, "windows", windows)
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__, config as config_module
+from . import __version__
+from . import config as config_module
 from .adapters import logs
 from .errors import ConfigError
 

@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config as config_module, maintenance, status
+from . import __version__, maintenance, status
+from . import config as config_module
 from .adapters import files
 from .config import parse_duration
 from .errors import ConfigError, FileWriteError, StatusUnavailable
@@ -128,7 +129,7 @@ def lock(config: config_module.Config, reason: str | None, timeout: float) -> in
         print("maintenance is on (the marker exists); the daemon is not running, so nothing else "
               "watches it until it starts")
         return EXIT_OK
-    if outcome is False:
+    if not isinstance(outcome, dict):
         print(f"maintenance is on (the marker exists) but the daemon did not confirm within {timeout:g} s",
               file=sys.stderr)
         return EXIT_FAILING
@@ -155,7 +156,7 @@ def unlock(config: config_module.Config, timeout: float) -> int:
         marker = "the marker stays" if files.read_small(section.marker).present else "no marker exists"
         print(f"the daemon is not running: {marker} until it runs and applies the schedule", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    if outcome is False:
+    if not isinstance(outcome, dict):
         print(f"the daemon did not confirm within {timeout:g} s", file=sys.stderr)
         return EXIT_FAILING
     print(_maintenance_line(outcome))
@@ -238,8 +239,8 @@ def show_status(config: config_module.Config, as_json: bool) -> int:
             print(f"next change: {_when(state['next_change'])}")
         elif state.get("on"):
             print("next change: none until pretix-agentctl unlock")
-        for error in state.get("errors") or []:
-            print(f"error:       {error}")
+        for failure in state.get("errors") or []:
+            print(f"error:       {failure}")
     print(f"marker:      {state.get('marker')}")
     print(f"lock file:   {state.get('lock_file')}")
     windows = state.get("windows") or []

@@ -18,7 +18,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config as config_module, maintenance, observe, status
+from . import __version__, maintenance, observe, status
+from . import config as config_module
 from .actuator import apply_maintenance
 from .adapters import logs
 from .adapters.clock import WallTimer
@@ -128,9 +129,8 @@ class Daemon:
                 if reasons or now - last_cycle >= self.config.agent.reconcile_interval:
                     self.cycle(reasons or ["backstop"])
                     last_cycle = time.monotonic()
-                if ping_every is not None and time.monotonic() - last_ping >= ping_every:
-                    if self._ping():
-                        last_ping = time.monotonic()
+                if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._ping():
+                    last_ping = time.monotonic()
         finally:
             self._shutdown()
         return 0

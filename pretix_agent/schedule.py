@@ -44,7 +44,7 @@ _WEEKDAYS = {
     for index, name in enumerate(names)
 }
 
-# Explicit ASCII classes rather than \d, which would also accept digits such as "２２:００". The
+# Explicit ASCII classes rather than \d, which would also accept non-ASCII digits (fullwidth ones, say). The
 # weekday token is matched loosely here and then looked up in the exact list of names.
 _WEEKLY_TIME_RE = re.compile(r"([A-Za-z]+) +([0-9]{1,2}):([0-9]{2})")
 

@@ -1,5 +1,6 @@
 """The real daemon as systemd sees it: notifications, watchdog pings, reload, stop."""
 
+import itertools
 import signal
 import time
 
@@ -22,7 +23,7 @@ def test_daemon_sends_ready_with_a_status_line_after_the_first_evaluation(agent_
 def test_watchdog_pings_arrive_at_half_the_watchdog_interval(agent_factory):
     agent = agent_factory(watchdog_usec=1_000_000)
     pings = agent.notify.wait_for("WATCHDOG", "1", count=5, timeout=10)
-    gaps = [b[0] - a[0] for a, b in zip(pings, pings[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(pings)]
     assert all(0.3 < gap < 0.8 for gap in gaps), gaps
 
 

@@ -65,6 +65,7 @@ DAY_SPELLINGS = [
         zip(
             ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
             ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+            strict=True,
         )
     )
     for spelling in (short, short.lower(), short.upper(), full, full.lower(), full.upper())

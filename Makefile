@@ -1,0 +1,62 @@
+# pretix-agent: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything runs on Debian's /usr/bin/python3 against Debian's libraries; the PyPI tier runs the
+# unit tests again in a venv with current PyPI releases, and holds the lint and type tools.
+
+SHELL := /bin/bash
+PYTHON := /usr/bin/python3
+# Keep pyenv's shims (first on PATH on the dev machines) out of everything we run.
+export PATH := /usr/sbin:/usr/bin:/sbin:/bin
+VENV := .venv
+PYPI_PACKAGES := watchdog structlog psycopg redis pytest hypothesis ruff mypy
+
+# Debian packages: runtime, test components, packaging and the systemd container tier.
+DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3-pydbus python3-gi \
+	python3-pytest python3-hypothesis python3-venv python3-dbusmock dbus \
+	nginx-light postgresql-15 redis-server haproxy curl \
+	debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian \
+	debootstrap systemd-container
+
+.PHONY: deps demo test lint unit unit-pypi integration bench clean readme-reference
+
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		[ "$$(id -u)" = 0 ] || { echo "make deps: run as root to install Debian packages"; exit 1; }; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@# Debian starts the servers it installs where it can; the tests start their own.
+	@echo "deps: all Debian packages present"
+
+$(VENV)/.done: Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip $(PYPI_PACKAGES)
+	touch $@
+
+demo: deps
+	$(PYTHON) -m demo
+
+lint: $(VENV)/.done
+	$(VENV)/bin/ruff check pretix_agent tests bench demo
+	$(VENV)/bin/mypy pretix_agent
+
+unit:
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
+
+unit-pypi: $(VENV)/.done
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+
+integration:
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+test: deps lint unit unit-pypi integration
+
+bench: deps
+	$(PYTHON) -m bench
+
+readme-reference:
+	$(PYTHON) -m pretix_agent --config-reference
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,8 @@ import concurrent.futures
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -223,3 +225,38 @@ def test_full_directory_gives_a_clear_error_and_the_daemon_retries(agent_factory
     assert shown.returncode == 1 and "error:" in shown.stdout
     filler.unlink()
     marker_is(agent, True, timeout=10)  # the backstop retries once there is room
+
+
+def test_a_group_member_without_root_can_lock_and_unlock():
+    """The packaged layout: a setgid, group-writable state directory; ctl run by a plain group member."""
+    import grp
+    import pwd
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser to act as another user")
+    from .nginx_fixture import make_world_readable_tempdir
+
+    nobody, nogroup = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
+    tmp_path = make_world_readable_tempdir("agent-group-")  # pytest's own tmp is 0700 root
+    config = write_config(tmp_path)
+    state = tmp_path / "state"
+    os.chown(state, 0, nogroup.gr_gid)
+    state.chmod(0o2775)
+    config.chmod(0o644)
+    agent = Agent(tmp_path, config)
+    try:
+        agent.wait_ready()
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        as_member = ["runuser", "-u", nobody.pw_name, "--", sys.executable, "-m", "pretix_agent.ctl", "-c", str(config)]
+        locked = subprocess.run([*as_member, "lock", "--reason", "as nobody"], capture_output=True, text=True,
+                                env=env, cwd="/")
+        assert locked.returncode == 0, locked.stderr
+        assert "locked by nobody" in locked.stdout
+        assert agent.lock.stat().st_gid == nogroup.gr_gid and agent.lock.stat().st_mode & 0o777 == 0o664
+        unlocked = subprocess.run([*as_member, "unlock"], capture_output=True, text=True, env=env, cwd="/")
+        assert unlocked.returncode == 0, unlocked.stderr
+        marker_is(agent, False)
+    finally:
+        agent.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -56,7 +56,7 @@ bench: deps
 	$(PYTHON) -m bench
 
 readme-reference:
-	$(PYTHON) -m pretix_agent --config-reference
+	$(PYTHON) tools/update_readme_reference.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

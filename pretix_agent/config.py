@@ -52,8 +52,9 @@ def parse_duration(value: Any) -> float:
     seconds or milliseconds, and a wrong guess makes a check time out or never fire.
     """
     if isinstance(value, bool) or not isinstance(value, str):
-        hint = f' (write "{value}s" or "{value}ms")' if isinstance(value, int | float) and not isinstance(
-            value, bool) else ""
+        # Only suggest a spelling that would itself be accepted (not "-5s", "0s", "nans" or "infs").
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        hint = f' (write "{value}s" or "{value}ms")' if number and 0 < value < float("inf") else ""
         raise ValueError(f'expected a duration such as "2s" or "500ms", got {_type_name(value)}{hint}')
     text = value.strip()
     pos, total = 0, 0.0
@@ -182,14 +183,14 @@ SCHEMA = Table("", {
         "status_file": Key(_absolute_path, Path("/run/pretix-agent/status.json"),
                            "Where the daemon publishes its status (atomically) for pretix-agentctl."),
         "state_dir": Key(_absolute_path, Path("/var/lib/pretix-agent"),
-                         "Directory for the daemon's durable state."),
+                         "Directory for the daemon's durable state (systemd's StateDirectory=); the default parent of the maintenance files."),
         "reconcile_interval": Key(parse_duration, 5.0, "Backstop: the longest time between two full "
                                   "evaluations when nothing happens."),
     }),
     "log": Table("Logging.", {
         "level": Key(_choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
         "format": Key(_choice("auto", "journal", "console", "json"), "auto",
-                      "auto: journal lines with <N> priority prefixes under systemd, key=value on a "
+                      "auto: journal lines with `<N>` priority prefixes under systemd, key=value on a "
                       "terminal."),
     }),
     "maintenance": Table("Maintenance mode: the marker nginx looks at, the lock, the weekly windows.", {
@@ -312,7 +313,8 @@ class _Collector:
 
 def _walk(table: Table, raw: Any, path: Path_, problems: _Collector) -> dict[str, Any]:
     """Validate `raw` against `table`; return converted values with defaults filled in."""
-    if not isinstance(raw, dict):
+    not_a_table = not isinstance(raw, dict)
+    if not_a_table:
         problems.add(path, f"expected a table, got {_type_name(raw)}")
         raw = {}
     known = list(table.keys)
@@ -341,7 +343,8 @@ def _walk(table: Table, raw: Any, path: Path_, problems: _Collector) -> dict[str
                 problems.add(here, str(error))
                 out[name] = None
         elif spec.default is REQUIRED:
-            problems.add(here, "is required")
+            if not not_a_table:  # "expected a table" already says it all; no echo per required key
+                problems.add(here, "is required")
             out[name] = None
         else:
             out[name] = spec.default
@@ -425,7 +428,6 @@ def reference_markdown() -> str:
     def render(table: Table, path: Path_) -> None:
         rows = []
         for name, spec in table.keys.items():
-            here = (*path, name)
             if isinstance(spec, Key):
                 default = "(required)" if spec.default is REQUIRED else _show_default(spec.default, name)
                 rows.append(f"| `{name}` | {spec.kind} | {default} | {spec.doc} |")

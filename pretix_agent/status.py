@@ -9,6 +9,7 @@ often it promises to publish.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ def read(path: Path) -> dict[str, Any]:
 
 
 def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # kill() would ask about a process group (0) or every process (-1)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,9 +69,15 @@ def judge(document: dict[str, Any], now: float, alive: Any = pid_alive) -> Liven
     try:
         written = float(document["written_at_unix"])
         stale_after = float(document["stale_after"])
-        pid = int(document["pid"])
+        pid = document["pid"]
     except (KeyError, TypeError, ValueError):
         return Liveness(False, "the status file lacks written_at_unix, stale_after or pid", 0.0)
+    # NaN compares false with everything (a NaN age is never stale), and kill(0 or -1, 0) asks about
+    # a whole process group or every process, so such values must not pass for a live daemon.
+    if not (math.isfinite(written) and math.isfinite(stale_after) and stale_after > 0):
+        return Liveness(False, "the status file has no valid written_at_unix or stale_after", 0.0)
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return Liveness(False, f"the status file has no valid pid ({pid!r:.40})", 0.0)
     age = now - written
     if document.get("state") == "stopped":
         return Liveness(False, f"the daemon stopped {age:.0f} s ago", age)

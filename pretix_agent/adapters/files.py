@@ -152,7 +152,10 @@ def read_small(path: Path, limit: int = READ_LIMIT) -> FileState:
             return FileState(True, error="not a regular file")
         if info.st_size > limit:
             return FileState(True, error=f"larger than {limit} bytes")
-        return FileState(True, content=os.read(fd, limit + 1)[:limit])
+        content = os.read(fd, limit + 1)
+        if len(content) > limit:  # it grew after fstat
+            return FileState(True, error=f"larger than {limit} bytes")
+        return FileState(True, content=content)
     except OSError as error:
         return FileState(True, error=_describe(error))
     finally:

@@ -23,7 +23,10 @@ import structlog
 PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2, "exception": 3}
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|authorization|credential", re.IGNORECASE)
+# Matched against whole words of a key (split at "_", "-", ".", camelCase), so `db_password`, `auth_token` and
+# `Authorization` are hidden but `passing` (a check state count), `bypass` or `compass` are not.
+_SECRET_KEY = re.compile(r"(?:^|[_.-])(?:(?:pg)?pass(?:word|wd)?|secrets?|tokens?|authorization|credentials?)"
+                         r"(?:$|[_.-])", re.IGNORECASE)
 # postgresql://user:secret@host/db, redis://:secret@host -> keep the user, hide the password.
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@",
                            re.IGNORECASE)
@@ -37,13 +40,28 @@ def redact_text(text: str) -> str:
     return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
 
 
+def _secret_key(key: Any) -> bool:
+    # camelCase keys (nested JSON, HTTP headers) count as words too: accessToken, dbPassword.
+    return isinstance(key, str) and bool(_SECRET_KEY.search(re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)))
+
+
+def _redact_value(key: Any, value: Any) -> Any:
+    if _secret_key(key) and value not in (None, ""):
+        return "***"
+    if isinstance(value, str):
+        return redact_text(value)
+    # Renderers print nested values as JSON, so a DSN inside a dict or list must be hidden too.
+    if isinstance(value, dict):
+        return {k: _redact_value(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(None, item) for item in value]
+    return value
+
+
 def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: hide values of secret-named keys and passwords inside strings."""
     for key, value in list(event.items()):
-        if key != "event" and _SECRET_KEY.search(key) and value not in (None, ""):
-            event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = redact_text(value)
+        event[key] = _redact_value(None if key == "event" else key, value)
     return event
 
 
@@ -53,12 +71,20 @@ def _format_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        # Six decimals, not six significant digits: a Unix time must not become 1.76383e+09.
+        return f"{value:.6f}".rstrip("0").rstrip(".") if value == value and abs(value) != float("inf") else str(value)
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False,
                                                             separators=(",", ":"))
-    if text == "" or any(c in text for c in ' "=\n\r\t\\') :
+    # Any control character is quoted (and so escaped): a raw newline or NUL would split the event
+    # into two journal lines, a raw ESC would reach the operator's terminal.
+    if text == "" or any(c in ' "=\\' or c < " " or c == "\x7f" for c in text):
         return json.dumps(text, ensure_ascii=False)
     return text
+
+
+def _event_name(name: Any) -> str:
+    text = str(name)
+    return json.dumps(text, ensure_ascii=False) if any(c < " " or c == "\x7f" for c in text) else text
 
 
 def key_values(event: dict[str, Any]) -> str:
@@ -66,7 +92,7 @@ def key_values(event: dict[str, Any]) -> str:
 
 
 def render_journal(_logger: Any, method: str, event: dict[str, Any]) -> str:
-    name = event.pop("event", "")
+    name = _event_name(event.pop("event", ""))
     event.pop("level", None)
     event.pop("timestamp", None)  # journald stamps each line itself
     rest = key_values(event)
@@ -74,7 +100,7 @@ def render_journal(_logger: Any, method: str, event: dict[str, Any]) -> str:
 
 
 def render_console(_logger: Any, method: str, event: dict[str, Any]) -> str:
-    name = event.pop("event", "")
+    name = _event_name(event.pop("event", ""))
     event.pop("level", None)
     stamp = event.pop("timestamp", None) or time.strftime("%H:%M:%S")
     rest = key_values(event)

@@ -52,10 +52,11 @@ class Notifier:
 
 def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
     """Return WATCHDOG_USEC in seconds if the watchdog is meant for this process, else None."""
-    try:
-        usec = int(environ.get("WATCHDOG_USEC", ""))
-    except ValueError:
+    text = environ.get("WATCHDOG_USEC", "")
+    # systemd writes plain ASCII digits; int() alone would also take " 5", "5_000" or Arabic-Indic digits.
+    if not (text.isascii() and text.isdigit()):
         return None
+    usec = int(text)
     pid = environ.get("WATCHDOG_PID")
     if pid and pid != str(os.getpid()):
         return None

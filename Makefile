@@ -38,7 +38,7 @@ demo: deps
 	$(PYTHON) -m demo
 
 lint: $(VENV)/.done
-	$(VENV)/bin/ruff check pretix_agent tests bench demo
+	$(VENV)/bin/ruff check pretix_agent tests bench demo tools
 	$(VENV)/bin/mypy pretix_agent
 
 unit:

@@ -27,7 +27,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
 
     def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
     return {"n": len(ordered), "p50": pick(0.5), "p99": pick(0.99), "max": ordered[-1],
             "mean": statistics.fmean(ordered)}

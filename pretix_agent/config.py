@@ -183,7 +183,8 @@ SCHEMA = Table("", {
         "status_file": Key(_absolute_path, Path("/run/pretix-agent/status.json"),
                            "Where the daemon publishes its status (atomically) for pretix-agentctl."),
         "state_dir": Key(_absolute_path, Path("/var/lib/pretix-agent"),
-                         "Directory for the daemon's durable state (systemd's StateDirectory=); the default parent of the maintenance files."),
+                         "Directory for the daemon's durable state (systemd's StateDirectory=); the "
+                         "default parent of the maintenance files."),
         "reconcile_interval": Key(parse_duration, 5.0, "Backstop: the longest time between two full "
                                   "evaluations when nothing happens."),
     }),

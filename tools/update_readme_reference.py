@@ -1,7 +1,14 @@
 """Write the configuration reference generated from the schema into README.md (between its markers)."""
-import re, subprocess, sys
-ref = subprocess.run([sys.executable, "-m", "pretix_agent", "--config-reference"], capture_output=True, text=True, check=True).stdout
-text = open("README.md").read()
-start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
-a, b = text.index(start) + len(start), text.index(end)
-open("README.md", "w").write(text[:a] + "\n" + ref + text[b:])
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pretix_agent.config import reference_markdown  # noqa: E402
+
+START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+readme = Path(__file__).resolve().parents[1] / "README.md"
+text = readme.read_text()
+begin, end = text.index(START) + len(START), text.index(END)
+readme.write_text(text[:begin] + "\n" + reference_markdown() + text[end:])

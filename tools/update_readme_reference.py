@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pretix_agent.config import reference_markdown  # noqa: E402
+from pretix_agent.config import reference_markdown
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 readme = Path(__file__).resolve().parents[1] / "README.md"

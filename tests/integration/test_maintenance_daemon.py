@@ -5,8 +5,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 

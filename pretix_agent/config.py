@@ -9,7 +9,9 @@ as the configuration reference in the README.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
 import re
 import socket
 import sys
@@ -137,9 +139,64 @@ def _weekly_time(value: Any) -> Any:
     return parse_weekly_time(_string(value))
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer from {low} to {high}, got {_type_name(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+    convert.kind = f"integer {low}..{high}"  # type: ignore[attr-defined]
+    return convert
+
+
+def _ratio(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"expected a number greater than 0 and at most 1 (a fraction), got {value!r}")
+    return float(value)
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError(f"expected an array of non-empty strings, got {_type_name(value)}")
+    return tuple(value)
+
+
+def _url(*schemes: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _string(value)
+        scheme = text.split("://", 1)[0] if "://" in text else ""
+        if scheme not in schemes or not text.split("://", 1)[1]:
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, "
+                             f"got \"{_redacted_url(text)}\"")
+        return text
+    convert.kind = "URL (" + ", ".join(schemes) + ")"  # type: ignore[attr-defined]
+    return convert
+
+
+def _redacted_url(text: str) -> str:
+    # Error messages are printed and logged: never echo a password from a DSN or URL.
+    return re.sub(r"(://[^:@/\s]*):[^@/\s]+@", r"\1:***@", text)
+
+
+def _dsn(value: Any) -> str:
+    text = _nonempty_string(value)
+    if "://" in text and not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f'expected a libpq DSN ("host=... dbname=...") or a postgresql:// URL, got '
+                         f'"{_redacted_url(text)}"')
+    return text
+
+
 _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
+    _boolean: "boolean", _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL",
 }
 
 
@@ -158,7 +215,7 @@ class Key:
         choices = getattr(self.convert, "choices", None)
         if choices:
             return "one of " + ", ".join(f'"{c}"' for c in choices)
-        return _KIND_NAMES.get(self.convert, "value")
+        return getattr(self.convert, "kind", None) or _KIND_NAMES.get(self.convert, "value")
 
 
 REQUIRED = object()
@@ -167,13 +224,25 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Table:
     doc: str
-    keys: Mapping[str, Key | Table | TableArray]
+    keys: Mapping[str, Key | Table | TableArray | TableMap]
 
 
 @dataclass(frozen=True)
 class TableArray:
     doc: str
     table: Table
+
+
+@dataclass(frozen=True)
+class TableMap:
+    """Named tables (`[checks.NAME]`) whose `type` key selects which keys apply besides `common`."""
+
+    doc: str
+    common: Table
+    types: Mapping[str, Table]
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 SCHEMA = Table("", {
@@ -206,6 +275,43 @@ SCHEMA = Table("", {
                        "week."),
         })),
     }),
+    "checks": TableMap("Named health checks, `[checks.NAME]`, each with a `type`.", Table("", {
+        "interval": Key(parse_duration, 2.0, "Time between the starts of two probes."),
+        "timeout": Key(parse_duration, 1.0, "Longest a probe may take (less than `interval`); a probe that "
+                       "takes longer fails as a timeout."),
+        "fall": Key(_integer(1, 100), 3, "Consecutive failed probes that make a passing check failing."),
+        "rise": Key(_integer(1, 100), 2, "Consecutive passed probes that make a failing check passing."),
+    }), {
+        "postgres": Table("PostgreSQL: role, replication lag, WAL receiver, replay paused; the role needs "
+                          "only `pg_monitor`.", {
+            "dsn": Key(_dsn, REQUIRED, 'libpq DSN of the server to check, e.g. "host=db2 dbname=postgres '
+                       'user=pretix_agent"; keep passwords in a passfile, not here.'),
+            "primary_dsn": Key(_dsn, None, "Optional DSN of the primary: on a standby, lag is then also "
+                               "measured against the primary's current WAL position."),
+            "role": Key(_choice("any", "primary", "standby"), "any", "The role this server must have."),
+            "max_lag_bytes": Key(parse_size, 16 * 1024**2, "On a standby: most WAL not yet replayed."),
+            "max_lag_seconds": Key(parse_duration, 30.0, "On a standby: most replay delay while the primary "
+                                   "writes (does not grow on an idle primary)."),
+        }),
+        "redis": Table("Redis: PING latency, write probe, role and replication link, memory, celery queues.", {
+            "url": Key(_url("redis", "rediss", "unix"), REQUIRED, 'e.g. "redis://127.0.0.1:6379/0"; a password '
+                       "in the URL is never logged."),
+            "write_probe": Key(_boolean, True, "Write a key with a short TTL (catches a read-only replica "
+                               "behind a proxy)."),
+            "max_latency": Key(parse_duration, 0.25, "Slowest acceptable PING."),
+            "max_memory_ratio": Key(_ratio, 0.95, "Most used_memory / maxmemory (when maxmemory is set)."),
+            "max_master_io": Key(parse_duration, 30.0, "On a replica: most master_last_io_seconds_ago (an idle "
+                                 "master pings every 10 s)."),
+            "queues": Key(_string_list, (), 'Celery queues to measure, e.g. ["default", "checkout", "mail", '
+                          '"background", "notifications"].'),
+            "max_queue_length": Key(_integer(1, 10**9), 1000, "Most tasks waiting in any listed queue."),
+        }),
+        "http": Table("HTTP: pretix's `GET /healthcheck/`; 200 passes, anything else fails.", {
+            "url": Key(_url("http", "https"), REQUIRED, 'e.g. "http://127.0.0.1:8345/healthcheck/".'),
+            "host": Key(_string, "", "Host header (pretix answers 400 to a bare IP); empty means the URL's host."),
+            "verify_tls": Key(_boolean, True, "Verify the certificate of an https URL."),
+        }),
+    }),
 })
 
 
@@ -236,11 +342,53 @@ class MaintenanceSection:
 
 
 @dataclass(frozen=True)
+class PostgresCheck:
+    dsn: str
+    primary_dsn: str | None
+    role: str
+    max_lag_bytes: int
+    max_lag_seconds: float
+
+
+@dataclass(frozen=True)
+class RedisCheck:
+    url: str
+    write_probe: bool
+    max_latency: float
+    max_memory_ratio: float
+    max_master_io: float
+    queues: tuple[str, ...]
+    max_queue_length: int
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    url: str
+    host: str
+    verify_tls: bool
+
+
+_CHECK_OPTIONS: dict[str, Any] = {"postgres": PostgresCheck, "redis": RedisCheck, "http": HttpCheck}
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    type: str
+    interval: float
+    timeout: float
+    fall: int
+    rise: int
+    options: PostgresCheck | RedisCheck | HttpCheck
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     agent: AgentSection
     log: LogSection
     maintenance: MaintenanceSection
+    checks: tuple[CheckSpec, ...] = ()
     raw_sections: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -337,6 +485,8 @@ def _walk(table: Table, raw: Any, path: Path_, problems: _Collector) -> dict[str
                                    f"{_type_name(items)}")
                 items = []
             out[name] = [_walk(spec.table, item, (*here, i), problems) for i, item in enumerate(items)]
+        elif isinstance(spec, TableMap):
+            out[name] = _walk_map(spec, raw.get(name, {}), here, problems)
         elif name in raw:
             try:
                 out[name] = spec.convert(raw[name])
@@ -349,6 +499,30 @@ def _walk(table: Table, raw: Any, path: Path_, problems: _Collector) -> dict[str
             out[name] = None
         else:
             out[name] = spec.default
+    return out
+
+
+def _walk_map(spec: TableMap, raw: Any, path: Path_, problems: _Collector) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        problems.add(path, f"expected a table of named tables ([{format_path(path)}.NAME]), got {_type_name(raw)}")
+        return {}
+    out = {}
+    for entry_name, entry in raw.items():
+        here = (*path, entry_name)
+        if not _NAME_RE.fullmatch(entry_name):
+            problems.add(here, "a name may use only letters, digits, _ and - (at most 64)")
+            continue
+        if not isinstance(entry, dict):
+            problems.add(here, f"expected a table, got {_type_name(entry)}")
+            continue
+        kind = entry.get("type")
+        if kind not in spec.types:
+            known = ", ".join(f'"{t}"' for t in spec.types)
+            problems.add((*here, "type"), f"is required, one of {known}" if kind is None else
+                         f'unknown type "{kind}", expected one of {known}')
+            continue
+        table = Table("", {"type": Key(_string, REQUIRED, ""), **spec.common.keys, **spec.types[str(kind)].keys})
+        out[entry_name] = _walk(table, entry, here, problems)
     return out
 
 
@@ -366,6 +540,18 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
     if maintenance["marker"] is not None and maintenance["marker"] == maintenance["lock"]:
         problems.add(("maintenance", "lock"), "must differ from maintenance.marker: the lock pins "
                      "maintenance on, the marker only shows it")
+    checks = []
+    for name, check in values["checks"].items():
+        if check["timeout"] is not None and check["interval"] is not None and check["timeout"] >= check["interval"]:
+            problems.add(("checks", name, "timeout"), f"must be less than interval ({check['interval']:g} s): "
+                         "a probe must end before the next one starts")
+        if any(value is None for value in check.values()):
+            continue  # already reported
+        kind = _CHECK_OPTIONS[check["type"]]
+        names = {option.name for option in dataclasses.fields(kind)}
+        options = kind(**{k: v for k, v in check.items() if k in names})
+        checks.append(CheckSpec(name=name, type=check["type"], interval=check["interval"], timeout=check["timeout"],
+                                fall=check["fall"], rise=check["rise"], options=options))
     return Config(
         source=source,
         agent=AgentSection(node=agent["node"] or socket.gethostname(), status_file=agent["status_file"],
@@ -373,6 +559,7 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         log=LogSection(**values["log"]),
         maintenance=MaintenanceSection(marker=maintenance["marker"], lock=maintenance["lock"],
                                        timezone=maintenance["timezone"], windows=tuple(windows)),
+        checks=tuple(checks),
         raw_sections=sections,
     )
 
@@ -430,7 +617,7 @@ def reference_markdown() -> str:
         rows = []
         for name, spec in table.keys.items():
             if isinstance(spec, Key):
-                default = "(required)" if spec.default is REQUIRED else _show_default(spec.default, name)
+                default = "(required)" if spec.default is REQUIRED else _show_default(spec, name)
                 rows.append(f"| `{name}` | {spec.kind} | {default} | {spec.doc} |")
         if path:
             header = f"[[{format_path(path)}]]" if isinstance(path[-1], int) else f"[{format_path(path)}]"
@@ -446,16 +633,30 @@ def reference_markdown() -> str:
                 render(spec, (*path, name))
             elif isinstance(spec, TableArray):
                 render(Table(spec.doc, spec.table.keys), (*path, name, 0))
+            elif isinstance(spec, TableMap):
+                render(Table(spec.doc + " Keys every check has:", spec.common.keys), (*path, name, "NAME"))
+                for kind, table in spec.types.items():
+                    out.append(f'#### `[{format_path((*path, name, "NAME"))}]` with `type = "{kind}"`\n')
+                    render(table, ())
 
     render(SCHEMA, ())
     return "\n".join(out).rstrip() + "\n"
 
 
-def _show_default(value: Any, name: str) -> str:
+def _show_default(key: Key, name: str) -> str:
+    value = key.default
     if name == "node":
         return "host name"
-    if isinstance(value, float) and name.endswith("interval"):
-        return f'`"{value:g}s"`'
+    if value is None:
+        return "none"
+    if key.convert is parse_duration:
+        return f'`"{value * 1000:g}ms"`' if value < 1 else f'`"{value:g}s"`'
+    if key.convert is parse_size and value and value % 1024**2 == 0:
+        return f'`"{value // 1024**2}MiB"`'
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, tuple):
+        return "`[]`" if not value else "`" + json.dumps(list(value)) + "`"
     if isinstance(value, zoneinfo.ZoneInfo):
         return f'`"{value.key}"`'
     if isinstance(value, Path | str):

@@ -225,7 +225,9 @@ def show_status(config: config_module.Config, as_json: bool) -> int:
         return EXIT_NOT_RUNNING
     liveness = status.judge(document, time.time())
     state = document.get("maintenance") or {}
-    failing = not document.get("healthy", False) or bool(state.get("errors")) or not state.get("applied", True)
+    checks = document.get("checks") or {}
+    failing = (not document.get("healthy", False) or bool(state.get("errors")) or not state.get("applied", True)
+               or any(check.get("state") != "passing" for check in checks.values()))
     code = EXIT_NOT_RUNNING if not liveness.alive else (EXIT_FAILING if failing else EXIT_OK)
     if as_json:
         document["daemon"] = {"alive": liveness.alive, "reason": liveness.reason, "age": round(liveness.age, 3)}
@@ -246,8 +248,17 @@ def show_status(config: config_module.Config, as_json: bool) -> int:
     windows = state.get("windows") or []
     print("windows:     " + (", ".join(f"{w['start']} - {w['end']}" for w in windows) + f" ({state.get('timezone')})"
                              if windows else "none"))
+    for name, check in sorted(checks.items()):
+        values = " ".join(f"{k}={_short(v)}" for k, v in (check.get("values") or {}).items())
+        print(f"check {name}: {check.get('state')} ({check.get('type')}) {check.get('reason') or ''}"
+              + (f" [{values}]" if values else ""))
     print(f"decision:    {document.get('sentence')}")
     return code
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 if __name__ == "__main__":

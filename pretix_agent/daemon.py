@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -25,6 +26,9 @@ from .adapters import logs
 from .adapters.clock import WallTimer
 from .adapters.inotify import FileWatcher
 from .adapters.sdnotify import Notifier
+from .checks import health
+from .checks.model import ProbeResult, unknown
+from .checks.runner import ABORT_GRACE, CheckRunner
 from .errors import AgentError, ConfigError, FileWriteError
 from .schedule import Schedule
 from .wakeup import Wakeup
@@ -90,6 +94,10 @@ class Daemon:
         self.cycle_ok = True
         self.last_publish_error: str | None = None
         self.watcher: FileWatcher | None = None
+        self.runners: dict[str, CheckRunner] = {}
+        self.check_states: dict[str, health.CheckState] = {}
+        self.check_since: dict[str, float] = {}
+        self._results: deque[tuple[str, ProbeResult]] = deque()
         self.timer: WallTimer | None = None
         self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
         self.clock_offset = float(os.environ.get(TEST_CLOCK_OFFSET_ENV, "0")) if self.test_hooks else 0.0
@@ -105,6 +113,7 @@ class Daemon:
         except AgentError as error:
             self.log.error("agent.start_failed", error=str(error))
             return 1
+        self._start_checks(self.config.checks)
         self.log.info("agent.started", version=__version__, pid=os.getpid(), node=self.config.agent.node,
                       config=str(self.config_path), notify=self.notifier.enabled,
                       watchdog_interval=self.notifier.watchdog_interval)
@@ -140,6 +149,7 @@ class Daemon:
         self.log.info("agent.stopping")
         if self.watcher is not None:
             self.watcher.stop()
+        self._stop_checks(list(self.runners))
         self._publish(state="stopped")
         if self.timer is not None:
             self.timer.close()
@@ -192,6 +202,55 @@ class Daemon:
             return "clock"
         return "boundary" if outcome == "expired" else "timer"
 
+    # -- checks ----------------------------------------------------------------------------------
+
+    def _start_checks(self, specs: tuple[config_module.CheckSpec, ...]) -> None:
+        for spec in specs:
+            try:
+                from .checks.probes import make_probe  # psycopg and redis load only when checks exist
+
+                probe = make_probe(spec)
+            except Exception as error:
+                reason = f"cannot run a {spec.type} check: {type(error).__name__}: {error}"
+                self.log.error("check.unavailable", check=spec.name, error=reason)
+                probe = _constant(unknown(reason))
+            heartbeat = self.liveness.heartbeat(f"check-{spec.name}", spec.interval + spec.timeout + ABORT_GRACE + 5)
+            runner = CheckRunner(spec, probe, self._deliver, heartbeat.beat)
+            self.runners[spec.name] = runner
+            self.liveness.thread(f"check-{spec.name}", runner.alive)
+            runner.start()
+
+    def _stop_checks(self, names: list[str]) -> None:
+        runners = [self.runners.pop(name) for name in names if name in self.runners]
+        for runner in runners:
+            runner._stopped.set()
+        for runner in runners:
+            runner.stop()
+            self.liveness.threads.pop(f"check-{runner.spec.name}", None)
+            self.liveness.heartbeats.pop(f"check-{runner.spec.name}", None)
+            self.check_states.pop(runner.spec.name, None)
+            self.check_since.pop(runner.spec.name, None)
+
+    def _deliver(self, name: str, result: ProbeResult) -> None:
+        """Called from a check's scheduler thread: queue the result and wake the loop."""
+        self._results.append((name, result))
+        self.wakeup.post(f"check:{name}")
+
+    def _update_checks(self) -> None:
+        results = []
+        while self._results:
+            results.append(self._results.popleft())
+        if not results:
+            return
+        specs = {spec.name: spec for spec in self.config.checks}
+        states, events = health.apply_results(self.check_states, results, specs)
+        for name, state in states.items():
+            if name not in self.check_states or self.check_states[name].state != state.state:
+                self.check_since[name] = time.time()
+        self.check_states = states
+        for event in events:
+            getattr(self.log, event.level)(event.name, **event.fields)
+
     # -- reload ----------------------------------------------------------------------------------
 
     def reload(self) -> None:
@@ -220,6 +279,11 @@ class Daemon:
                 self.log.error("config.reload_failed", error=str(error), detail="kept the running configuration")
                 self.config = old
                 self._start_watcher()
+        old_checks = {spec.name: spec for spec in old.checks}
+        new_checks = {spec.name: spec for spec in self.config.checks}
+        changed = [name for name, spec in old_checks.items() if new_checks.get(name) != spec]
+        self._stop_checks(changed)
+        self._start_checks(tuple(spec for name, spec in new_checks.items() if old_checks.get(name) != spec))
         self.log.info("config.reloaded", config=str(self.config_path))
         self.cycle(["reload"])
         self._notify(READY="1", STATUS=self.sentence)
@@ -244,7 +308,12 @@ class Daemon:
             self.decision = decision
             self.lock = observation.lock
             self._arm_timer(decision)
+            self._update_checks()
             sentence = decision.sentence + (f"; FAILED: {self.failures[0]}" if self.failures else "")
+            checks = health.summary(self.check_states if len(self.check_states) == len(self.runners) else {
+                **{name: health.CheckState() for name in self.runners}, **self.check_states})
+            if checks:
+                sentence += f"; {checks}"
             self.cycle_ok = True
         except Exception as error:  # a bug: keep the daemon up, stop vouching for it to systemd
             self.cycle_ok = False
@@ -281,6 +350,9 @@ class Daemon:
             "cycles": self.cycles,
             "healthy": self.cycle_ok and not self.liveness.unhealthy(time.monotonic()),
         }
+        document["checks"] = {name: check_status(runner.spec, self.check_states.get(name, health.CheckState()),
+                                                 self.check_since.get(name))
+                              for name, runner in sorted(self.runners.items())}
         document["maintenance"] = maintenance_status(section, self.decision, self.failures, self.previous,
                                                      self.lock)
         return document
@@ -342,3 +414,22 @@ def maintenance_status(section: config_module.MaintenanceSection, decision: main
             "reason": lock.reason, "host": lock.host, "problem": lock.problem},
     })
     return out
+
+
+def check_status(spec: config_module.CheckSpec, state: health.CheckState, since: float | None) -> dict[str, Any]:
+    """Return one check's entry in the `checks` section of the status document."""
+    last = state.last
+    return {
+        "type": spec.type, "state": state.state,
+        "since": None if since is None else datetime.fromtimestamp(since, timezone.utc).isoformat(timespec="seconds"),
+        "reason": None if last is None else last.reason,
+        "outcome": None if last is None else last.outcome,
+        "hard": None if last is None else last.hard,
+        "values": {} if last is None else dict(last.values),
+        "probes": state.probes, "interval": spec.interval, "timeout": spec.timeout, "fall": spec.fall,
+        "rise": spec.rise,
+    }
+
+
+def _constant(result: ProbeResult) -> Callable[[Any], ProbeResult]:
+    return lambda _deadline: result

@@ -12,10 +12,11 @@ marker the agent wrote (its content says so) is ever removed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .events import Event
 from .schedule import Schedule, evaluate
 
 MARKER_TAG = "pretix_agent_marker"
@@ -152,15 +153,6 @@ class RemoveMarker:
 @dataclass(frozen=True)
 class WriteLock:
     reason: str
-
-
-@dataclass(frozen=True)
-class Event:
-    """A log event the decision asks for: stable name, level, fields."""
-
-    name: str
-    level: str
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 Action = WriteMarker | RemoveMarker | WriteLock

@@ -1,0 +1,85 @@
+"""A check's state from its probe results: passing, failing or unknown, with fall and rise.
+
+Pure: given the current state and one result, return the next state. A check starts `unknown`;
+`rise` consecutive passes make it passing, `fall` consecutive non-passes make it failing (or
+unknown, when the latest probe could not measure). One odd probe never flips a check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..config import CheckSpec
+from ..events import Event
+from .model import FAIL, PASS, ProbeResult
+
+PASSING = "passing"
+FAILING = "failing"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class CheckState:
+    state: str = UNKNOWN
+    passes: int = 0  # consecutive passes
+    misses: int = 0  # consecutive fails or unknowns
+    probes: int = 0
+    last: ProbeResult | None = None
+    since_probe: int = 0  # the probe number at which `state` was entered
+
+    def hard_failure(self) -> bool:
+        """True when failing and the latest probe said the service is gone (not merely slow)."""
+        return self.state == FAILING and self.last is not None and self.last.hard
+
+
+def advance(current: CheckState, result: ProbeResult, fall: int, rise: int) -> CheckState:
+    """Given a check's state and a new probe result, return its next state."""
+    probes = current.probes + 1
+    if result.outcome == PASS:
+        passes, misses = current.passes + 1, 0
+        state = PASSING if current.state == PASSING or passes >= rise else current.state
+    else:
+        passes, misses = 0, current.misses + 1
+        if misses >= fall:
+            state = FAILING if result.outcome == FAIL else UNKNOWN
+        else:
+            state = current.state
+    since = current.since_probe if state == current.state else probes
+    return CheckState(state=state, passes=passes, misses=misses, probes=probes, last=result, since_probe=since)
+
+
+def apply_results(states: Mapping[str, CheckState], results: Iterable[tuple[str, ProbeResult]],
+                  specs: Mapping[str, CheckSpec]) -> tuple[dict[str, CheckState], list[Event]]:
+    """Given the states, new results (oldest first) and the specs, return the new states and one
+    event per state change (never one per probe). Results for checks no longer configured are dropped.
+    """
+    states = dict(states)
+    events: list[Event] = []
+    for name, result in results:
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        old = states.get(name, CheckState())
+        new = advance(old, result, spec.fall, spec.rise)
+        states[name] = new
+        if new.state != old.state:
+            level = "info" if new.state == PASSING else "warning" if new.state == UNKNOWN else "error"
+            events.append(Event(f"check.{new.state}", level, {
+                "check": name, "type": spec.type, "old": old.state, "new": new.state, "reason": result.reason,
+                "hard": result.hard, **{f"value_{key}": value for key, value in result.values.items()
+                                         if isinstance(value, str | int | float | bool) or value is None}}))
+    return states, events
+
+
+def summary(states: Mapping[str, CheckState]) -> str:
+    """One clause for the daemon's sentence, by state only (reasons carry numbers that change every
+    probe, and the sentence is logged whenever it changes): "checks: 2 passing, 1 failing (db)"."""
+    if not states:
+        return ""
+    parts = []
+    for state in (PASSING, FAILING, UNKNOWN):
+        names = sorted(name for name, s in states.items() if s.state == state)
+        if names:
+            parts.append(f"{len(names)} {state}" + ("" if state == PASSING else f" ({', '.join(names)})"))
+    return "checks: " + ", ".join(parts)

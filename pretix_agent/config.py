@@ -185,6 +185,20 @@ def _redacted_url(text: str) -> str:
     return re.sub(r"(://[^:@/\s]*):[^@/\s]+@", r"\1:***@", text)
 
 
+def _endpoint(value: Any) -> str:
+    text = _string(value)
+    if text == "" or text.startswith("/"):
+        return text
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'expected a Unix socket path or "HOST:PORT", got "{text}"')
+    return text
+
+
+def _optional_path(value: Any) -> Path:
+    return _absolute_path(value)
+
+
 def _dsn(value: Any) -> str:
     text = _nonempty_string(value)
     if "://" in text and not text.startswith(("postgresql://", "postgres://")):
@@ -196,7 +210,7 @@ def _dsn(value: Any) -> str:
 _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
-    _boolean: "boolean", _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL",
+    _endpoint: "socket path or HOST:PORT", _optional_path: "absolute path", _boolean: "boolean", _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL",
 }
 
 
@@ -274,6 +288,48 @@ SCHEMA = Table("", {
             "end": Key(_weekly_time, REQUIRED, 'Weekday and time, e.g. "Mon 05:00"; may be in the next '
                        "week."),
         })),
+    }),
+    "haproxy": Table("Reconfigure haproxy over its Runtime API when the checks gating a server fail.", {
+        "socket": Key(_endpoint, "", 'Runtime API: a Unix socket path ("/run/haproxy/admin.sock") or "HOST:PORT"; '
+                      "empty disables haproxy control."),
+        "timeout": Key(parse_duration, 2.0, "Longest a Runtime API exchange may take."),
+        "interval": Key(parse_duration, 2.0, "How often the actual state is read back (reloads, drift)."),
+        "min_ready": Key(_integer(0, 1000), 1, "Never take out the last `min_ready` servers of a backend."),
+        "hold_down": Key(parse_duration, 10.0, "Least time a server stays in a state the agent set before the "
+                         "agent changes it again (hard failures excepted), so a flapping check cannot flap "
+                         "haproxy."),
+        "max_changes_per_minute": Key(_integer(1, 10000), 6, "Most state changes the agent sends per backend per "
+                                      "minute."),
+        "server": TableArray("A haproxy server gated by checks.", Table("", {
+            "backend": Key(_nonempty_string, REQUIRED, "Backend name, as in haproxy.cfg."),
+            "server": Key(_nonempty_string, REQUIRED, "Server name within the backend."),
+            "checks": Key(_string_list, REQUIRED, "Checks that must pass for the server to be ready."),
+            "on_failure": Key(_choice("maint", "drain"), "maint", "Admin state while a gating check fails."),
+        })),
+    }),
+    "agent_check": Table("Answer haproxy's agent-check for this node, so haproxy elsewhere can poll it.", {
+        "listen": Key(_endpoint, "", 'Address to listen on, "HOST:PORT"; empty disables the responder.'),
+        "checks": Key(_string_list, (), "Checks that must pass for this node to answer `up ready`."),
+        "weight": Key(_integer(0, 256), None, "Weight to announce (as a percentage, 0..256) while ready; none "
+                      "leaves haproxy's configured weight."),
+    }),
+    "loki": Table("Ship logs to Grafana Loki (push API), with the journal as the buffer under systemd.", {
+        "url": Key(_url("http", "https"), "", 'Base URL, e.g. "https://loki.example.org"; empty disables '
+                   "shipping."),
+        "tenant": Key(_string, "", "X-Scope-OrgID header (multi-tenant Loki); empty sends none."),
+        "username": Key(_string, "", "Basic auth user (the password comes from `password_file`)."),
+        "password_file": Key(_optional_path, None, "File holding the basic auth password (e.g. a systemd "
+                             "credential)."),
+        "bearer_token_file": Key(_optional_path, None, "File holding a bearer token."),
+        "env": Key(_string, "", "The `env` label (e.g. \"prod\"); empty sends none."),
+        "service_name": Key(_nonempty_string, "pretix-agent", "The `service_name` label of the agent's own lines."),
+        "units": Key(_string_list, (), 'systemd units whose journal lines to ship too, e.g. ["pretix-web.service", '
+                     '"pretix-worker.service", "nginx.service"].'),
+        "batch_wait": Key(parse_duration, 1.0, "Longest a line waits before its batch is sent."),
+        "batch_size": Key(parse_size, 1024**2, "Largest batch, uncompressed."),
+        "min_backoff": Key(parse_duration, 0.5, "First retry delay after 429, 5xx or a network error."),
+        "max_backoff": Key(parse_duration, 300.0, "Longest retry delay; retries never stop."),
+        "timeout": Key(parse_duration, 10.0, "Longest a push may take."),
     }),
     "checks": TableMap("Named health checks, `[checks.NAME]`, each with a `type`.", Table("", {
         "interval": Key(parse_duration, 2.0, "Time between the starts of two probes."),
@@ -383,12 +439,58 @@ class CheckSpec:
 
 
 @dataclass(frozen=True)
+class HaproxyServer:
+    backend: str
+    server: str
+    checks: tuple[str, ...]
+    on_failure: str
+
+
+@dataclass(frozen=True)
+class HaproxySection:
+    socket: str
+    timeout: float
+    interval: float
+    min_ready: int
+    hold_down: float
+    max_changes_per_minute: int
+    servers: tuple[HaproxyServer, ...]
+
+
+@dataclass(frozen=True)
+class AgentCheckSection:
+    listen: str
+    checks: tuple[str, ...]
+    weight: int | None
+
+
+@dataclass(frozen=True)
+class LokiSection:
+    url: str
+    tenant: str
+    username: str
+    password_file: Path | None
+    bearer_token_file: Path | None
+    env: str
+    service_name: str
+    units: tuple[str, ...]
+    batch_wait: float
+    batch_size: int
+    min_backoff: float
+    max_backoff: float
+    timeout: float
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     agent: AgentSection
     log: LogSection
     maintenance: MaintenanceSection
     checks: tuple[CheckSpec, ...] = ()
+    haproxy: HaproxySection | None = None
+    agent_check: AgentCheckSection | None = None
+    loki: LokiSection | None = None
     raw_sections: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -552,6 +654,41 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         options = kind(**{k: v for k, v in check.items() if k in names})
         checks.append(CheckSpec(name=name, type=check["type"], interval=check["interval"], timeout=check["timeout"],
                                 fall=check["fall"], rise=check["rise"], options=options))
+    known_checks = set(values["checks"])
+
+    def unknown_checks(path: Path_, names: Any) -> None:
+        for name in names or ():
+            if name not in known_checks:
+                close = difflib.get_close_matches(name, sorted(known_checks), n=1)
+                problems.add(path, f'names check "{name}", which is not configured'
+                             + (f'; did you mean "{close[0]}"?' if close else f" (add [checks.{name}])"))
+
+    raw_haproxy = values["haproxy"]
+    servers = []
+    seen_servers: set[tuple[str, str]] = set()
+    for index, server in enumerate(raw_haproxy["server"]):
+        here: Path_ = ("haproxy", "server", index)
+        unknown_checks((*here, "checks"), server["checks"])
+        if None in server.values():
+            continue
+        key = (server["backend"], server["server"])
+        if key in seen_servers:
+            problems.add(here, f"{key[0]}/{key[1]} is listed twice")
+        seen_servers.add(key)
+        servers.append(HaproxyServer(server["backend"], server["server"], server["checks"], server["on_failure"]))
+    if servers and not raw_haproxy["socket"]:
+        problems.add(("haproxy", "socket"), "is required when [[haproxy.server]] entries exist")
+    haproxy = HaproxySection(**{k: v for k, v in raw_haproxy.items() if k != "server"},
+                             servers=tuple(servers)) if raw_haproxy["socket"] else None
+    raw_agent_check = values["agent_check"]
+    unknown_checks(("agent_check", "checks"), raw_agent_check["checks"])
+    agent_check = AgentCheckSection(**raw_agent_check) if raw_agent_check["listen"] else None
+    raw_loki = values["loki"]
+    if raw_loki["password_file"] is not None and raw_loki["bearer_token_file"] is not None:
+        problems.add(("loki", "bearer_token_file"), "set either password_file (basic auth) or bearer_token_file")
+    if raw_loki["username"] and raw_loki["password_file"] is None:
+        problems.add(("loki", "password_file"), "is required with loki.username")
+    loki = LokiSection(**raw_loki) if raw_loki["url"] else None
     return Config(
         source=source,
         agent=AgentSection(node=agent["node"] or socket.gethostname(), status_file=agent["status_file"],
@@ -560,6 +697,9 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         maintenance=MaintenanceSection(marker=maintenance["marker"], lock=maintenance["lock"],
                                        timezone=maintenance["timezone"], windows=tuple(windows)),
         checks=tuple(checks),
+        haproxy=haproxy,
+        agent_check=agent_check,
+        loki=loki,
         raw_sections=sections,
     )
 

@@ -727,6 +727,10 @@ def _schema_keys(table: config.Table, path=()):
             yield (*path, name)
         elif isinstance(spec, config.Table):
             yield from _schema_keys(spec, (*path, name))
+        elif isinstance(spec, config.TableMap):
+            yield from _schema_keys(spec.common, (*path, name, "NAME"))
+            for kind, table in spec.types.items():
+                yield from _schema_keys(table, (*path, name, kind))
         else:
             yield from _schema_keys(spec.table, (*path, name))
 

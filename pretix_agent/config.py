@@ -300,11 +300,15 @@ SCHEMA = Table("", {
                          "haproxy."),
         "max_changes_per_minute": Key(_integer(1, 10000), 6, "Most state changes the agent sends per backend per "
                                       "minute."),
+        "state_file": Key(_optional_path, None, "haproxy's `server-state-file`: after every change the agent "
+                          "writes `show servers state` there, so a reload keeps what the agent set."),
         "server": TableArray("A haproxy server gated by checks.", Table("", {
             "backend": Key(_nonempty_string, REQUIRED, "Backend name, as in haproxy.cfg."),
             "server": Key(_nonempty_string, REQUIRED, "Server name within the backend."),
             "checks": Key(_string_list, REQUIRED, "Checks that must pass for the server to be ready."),
             "on_failure": Key(_choice("maint", "drain"), "maint", "Admin state while a gating check fails."),
+            "local": Key(_boolean, False, "This server is this node: `pretix-agentctl drain` and a shutdown drain "
+                         "it through the socket."),
         })),
     }),
     "agent_check": Table("Answer haproxy's agent-check for this node, so haproxy elsewhere can poll it.", {
@@ -444,6 +448,7 @@ class HaproxyServer:
     server: str
     checks: tuple[str, ...]
     on_failure: str
+    local: bool = False
 
 
 @dataclass(frozen=True)
@@ -454,6 +459,7 @@ class HaproxySection:
     min_ready: int
     hold_down: float
     max_changes_per_minute: int
+    state_file: Path | None
     servers: tuple[HaproxyServer, ...]
 
 
@@ -675,7 +681,8 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         if key in seen_servers:
             problems.add(here, f"{key[0]}/{key[1]} is listed twice")
         seen_servers.add(key)
-        servers.append(HaproxyServer(server["backend"], server["server"], server["checks"], server["on_failure"]))
+        servers.append(HaproxyServer(server["backend"], server["server"], server["checks"], server["on_failure"],
+                                     server["local"]))
     if servers and not raw_haproxy["socket"]:
         problems.add(("haproxy", "socket"), "is required when [[haproxy.server]] entries exist")
     haproxy = HaproxySection(**{k: v for k, v in raw_haproxy.items() if k != "server"},

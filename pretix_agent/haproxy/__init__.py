@@ -1,0 +1,1 @@
+"""haproxy: the Runtime API, the agent-check responder, and the decision what to change."""

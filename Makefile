@@ -14,9 +14,9 @@ DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3
 	python3-pytest python3-hypothesis python3-venv python3-dbusmock dbus \
 	nginx-light postgresql-15 redis-server haproxy curl \
 	debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian \
-	debootstrap systemd-container
+	debootstrap systemd-container dpkg-dev git tzdata
 
-.PHONY: deps demo test lint unit unit-pypi integration bench clean readme-reference
+.PHONY: deps demo test lint unit unit-pypi integration bench clean readme-reference deb e2e
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
@@ -50,10 +50,34 @@ unit-pypi: $(VENV)/.done
 integration:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
-test: deps lint unit unit-pypi integration
+test: deps lint unit unit-pypi integration e2e
 
 bench: deps
 	$(PYTHON) -m bench
+
+# The .deb (dist/), built from a copy of the tree: tracked and new files, nothing .gitignore'd (no
+# venv, caches or old builds), with packaging/debian as its debian/. pyenv's shims must stay off
+# PATH. lintian --pedantic must be silent: every override in packaging/debian says why.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pretix_agent/__init__.py)
+DEB := dist/pretix-agent_$(VERSION)_all.deb
+
+deb: deps
+	@set -euo pipefail; \
+	build=$$(mktemp -d /tmp/pretix-agent-deb.XXXXXX); trap 'rm -rf "$$build"' EXIT; \
+	source=$$build/pretix-agent-$(VERSION); mkdir "$$source"; \
+	git ls-files -z --cached --others --exclude-standard \
+		| while IFS= read -r -d '' name; do if [ -e "$$name" ]; then printf '%s\0' "$$name"; fi; done \
+		| tar --null -T - -cf - | tar -C "$$source" -xf -; \
+	cp -r packaging/debian "$$source/debian"; \
+	(cd "$$source" && env -u PYTHONPATH PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b); \
+	mkdir -p dist; cp "$$build"/pretix-agent_$(VERSION)_all.deb dist/; \
+	echo "lintian --pedantic:"; \
+	lintian --pedantic --display-info --fail-on error,warning,info,pedantic "$$build"/pretix-agent_$(VERSION)_*.changes; \
+	echo "built $(DEB)"
+
+# The end-to-end tier: that .deb installed with apt into a booted Debian 12 (systemd-nspawn); root.
+e2e: deb
+	PRETIX_AGENT_E2E_DEB=$(DEB) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
 
 readme-reference:
 	$(PYTHON) tools/update_readme_reference.py

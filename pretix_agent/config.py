@@ -210,7 +210,8 @@ def _dsn(value: Any) -> str:
 _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
-    _endpoint: "socket path or HOST:PORT", _optional_path: "absolute path", _boolean: "boolean", _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL",
+    _endpoint: "socket path or HOST:PORT", _optional_path: "absolute path", _boolean: "boolean",
+    _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL",
 }
 
 

@@ -23,6 +23,7 @@ from . import __version__, maintenance, status
 from . import config as config_module
 from .adapters import files
 from .config import parse_duration
+from .drain import drain_path
 from .errors import ConfigError, FileWriteError, StatusUnavailable
 
 EXIT_OK = 0
@@ -59,6 +60,14 @@ def parser() -> argparse.ArgumentParser:
     unlock = verbs.add_parser("unlock", help="remove the lock; a window keeps maintenance on until it ends")
     unlock.add_argument("--timeout", type=_duration, default=10.0, help='how long to wait for the daemon '
                         '(default "10s")')
+    drain = verbs.add_parser("drain", help="take this node out of haproxy for planned work (agent-check answers "
+                             "drain; local servers drained through the socket)")
+    drain.add_argument("--reason", help="why, shown by status and in the agent-check answer's log")
+    drain.add_argument("--timeout", type=_duration, default=10.0, help='how long to wait for the daemon '
+                       '(default "10s")')
+    ready = verbs.add_parser("ready", help="end a drain: this node takes requests again")
+    ready.add_argument("--timeout", type=_duration, default=10.0, help='how long to wait for the daemon '
+                       '(default "10s")')
     show = verbs.add_parser("status", help="maintenance, checks and the daemon's liveness")
     show.add_argument("--json", action="store_true", help="print exactly one JSON document")
     return p
@@ -89,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             return lock(config, args.reason, args.timeout)
         if args.verb == "unlock":
             return unlock(config, args.timeout)
+        if args.verb == "drain":
+            return drain(config, args.reason, args.timeout)
+        if args.verb == "ready":
+            return ready(config, args.timeout)
         return show_status(config, args.json)
     except FileWriteError as error:
         print(f"pretix-agentctl: {error}", file=sys.stderr)
@@ -161,6 +174,61 @@ def unlock(config: config_module.Config, timeout: float) -> int:
         return EXIT_FAILING
     print(_maintenance_line(outcome))
     return EXIT_OK
+
+
+def drain(config: config_module.Config, reason: str | None, timeout: float) -> int:
+    path = drain_path(config)
+    drain_id = secrets.token_hex(8)
+    content = maintenance.encode_lock(drain_id, invoking_user(), datetime.now(timezone.utc), reason,
+                                      config.agent.node)
+    if files.create_exclusive(path, content):
+        print(f"draining: this node stays out of haproxy until pretix-agentctl ready ({path})")
+    else:
+        existing = files.read_small(path)
+        current = maintenance.parse_lock(existing.content, existing.error)
+        print(f"already draining ({current.describe().replace('locked', 'requested', 1)}); nothing changed")
+        drain_id = current.lock_id or ""
+
+    def applied(document: dict[str, Any]) -> bool:
+        seen = document.get("drain") or {}
+        return bool(seen.get("present")) and (not drain_id or seen.get("id") == drain_id)
+
+    outcome = _wait_for_daemon(config, applied, timeout)
+    if outcome is None:
+        print("the daemon is not running: the drain takes effect when it starts", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if not isinstance(outcome, dict):
+        print(f"the daemon did not confirm the drain within {timeout:g} s", file=sys.stderr)
+        return EXIT_FAILING
+    print(_drain_line(outcome))
+    return EXIT_OK
+
+
+def ready(config: config_module.Config, timeout: float) -> int:
+    path = drain_path(config)
+    started = time.time()
+    print("drain ended: removed " + str(path) if files.remove(path) else "not draining; nothing changed")
+
+    def applied(document: dict[str, Any]) -> bool:
+        return float(document.get("written_at_unix", 0)) >= started and not (document.get("drain") or {}).get(
+            "present", True)
+
+    outcome = _wait_for_daemon(config, applied, timeout)
+    if outcome is None:
+        print("the daemon is not running: this node is taken back when it starts", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if not isinstance(outcome, dict):
+        print(f"the daemon did not confirm within {timeout:g} s", file=sys.stderr)
+        return EXIT_FAILING
+    print(_drain_line(outcome))
+    return EXIT_OK
+
+
+def _drain_line(document: dict[str, Any]) -> str:
+    seen = document.get("drain") or {}
+    answer = (document.get("agent_check") or {}).get("answer")
+    line = "this node is DRAINING" if seen.get("present") else "this node is ready"
+    return line + (f"; agent-check answers {answer.strip()!r}" if answer else "")
 
 
 def _wait_for_daemon(config: config_module.Config, applied: Any, timeout: float) -> dict[str, Any] | bool | None:
@@ -243,6 +311,12 @@ def show_status(config: config_module.Config, as_json: bool) -> int:
             print("next change: none until pretix-agentctl unlock")
         for failure in state.get("errors") or []:
             print(f"error:       {failure}")
+    seen_drain = document.get("drain") or {}
+    if seen_drain.get("present"):
+        who = " ".join(x for x in (f"by {seen_drain['by']}" if seen_drain.get("by") else "",
+                                   f"since {seen_drain['at']}" if seen_drain.get("at") else "",
+                                   f"({seen_drain['reason']})" if seen_drain.get("reason") else "") if x)
+        print(f"drain:       DRAINING {who}".rstrip())
     print(f"marker:      {state.get('marker')}")
     print(f"lock file:   {state.get('lock_file')}")
     windows = state.get("windows") or []

@@ -29,6 +29,7 @@ from .adapters.sdnotify import Notifier
 from .checks import health
 from .checks.model import ProbeResult, unknown
 from .checks.runner import ABORT_GRACE, CheckRunner
+from .drain import drain_path
 from .errors import AgentError, ConfigError, FileWriteError
 from .schedule import Schedule
 from .wakeup import Wakeup
@@ -88,6 +89,7 @@ class Daemon:
         self.previous: maintenance.State | None = None
         self.decision: maintenance.Decision | None = None
         self.lock: maintenance.LockInfo | None = None
+        self.drain = maintenance.LockInfo(False)
         self.failures: list[str] = []
         self.sentence = ""
         self.cycles = 0
@@ -186,7 +188,10 @@ class Daemon:
             if not path.parent.is_dir():
                 raise AgentError(f"directory {path.parent} does not exist: create it or change "
                                  f"[maintenance] {'marker' if path == section.marker else 'lock'}")
-        watcher = FileWatcher((section.marker, section.lock), self.wakeup.post)
+        if not self.config.agent.state_dir.is_dir():
+            raise AgentError(f"directory {self.config.agent.state_dir} does not exist: create it or change "
+                             "[agent] state_dir")
+        watcher = FileWatcher((section.marker, section.lock, drain_path(self.config)), self.wakeup.post)
         try:
             watcher.start()
         except OSError as error:
@@ -270,7 +275,8 @@ class Daemon:
         self.config = new
         logs.configure(new.log.level, new.log.format)
         self.log = logs.get_logger()
-        if (old.maintenance.marker, old.maintenance.lock) != (new.maintenance.marker, new.maintenance.lock):
+        if (old.maintenance.marker, old.maintenance.lock, old.agent.state_dir) != (
+                new.maintenance.marker, new.maintenance.lock, new.agent.state_dir):
             try:
                 if self.watcher is not None:
                     self.watcher.stop()
@@ -307,6 +313,7 @@ class Daemon:
                 self.previous = decision.state
             self.decision = decision
             self.lock = observation.lock
+            self.drain = observe.drain_file(drain_path(self.config))
             self._arm_timer(decision)
             self._update_checks()
             sentence = decision.sentence + (f"; FAILED: {self.failures[0]}" if self.failures else "")
@@ -353,6 +360,9 @@ class Daemon:
         document["checks"] = {name: check_status(runner.spec, self.check_states.get(name, health.CheckState()),
                                                  self.check_since.get(name))
                               for name, runner in sorted(self.runners.items())}
+        document["drain"] = {"present": self.drain.present, "by": self.drain.by, "at": self.drain.at,
+                             "reason": self.drain.reason, "id": self.drain.lock_id, "problem": self.drain.problem,
+                             "file": str(drain_path(self.config))}
         document["maintenance"] = maintenance_status(section, self.decision, self.failures, self.previous,
                                                      self.lock)
         return document

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from . import maintenance
 from .adapters import files
 from .config import MaintenanceSection
+
+
+def drain_file(path: Path) -> maintenance.LockInfo:
+    """Read the drain request (`pretix-agentctl drain`): who, when, why, like a lock."""
+    state = files.read_small(path)
+    return maintenance.parse_lock(state.content, state.error) if state.present else maintenance.LockInfo(False)
 
 
 def maintenance_files(section: MaintenanceSection, now: datetime) -> maintenance.Observation:

@@ -93,9 +93,13 @@ def _reason(name: str, state: CheckState) -> str:
 
 
 def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Mapping[Key, Actual],
-           memory: Memory, now: float) -> Decision:
+           memory: Memory, now: float, drain_local: str | None = None) -> Decision:
     """Given the configuration, check states, haproxy's servers and the agent's memory, return the
     changes to send (only where actual differs from desired), the events and a report per server.
+
+    `drain_local` is why this node is being drained (pretix-agentctl drain, a shutdown), or None:
+    servers marked `local` then go to drain at once (guarded like a soft failure: only when another
+    healthy server takes the load) and come back when the drain ends.
     """
     window = [c for c in memory.changes if now - c[0] < 60.0]
     last_change = {(b, s): t for t, b, s in memory.changes}
@@ -115,7 +119,10 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
     held: set[Key] = set()
     deferred = False
     # Hard failures first, so that a soft one never uses up the capacity a hard one needs.
-    verdicts = [(server, *_verdict(server, checks)) for server in section.servers]
+    verdicts = [(server, *(("drain", False, f"draining this node: {drain_local}")
+                           if drain_local is not None and server.local and _verdict(server, checks)[0] != "fail"
+                           else _verdict(server, checks)))
+                for server in section.servers]
     verdicts.sort(key=lambda v: (v[1] != "fail", not v[2], v[0].backend, v[0].server))
     failing = {(v[0].backend, v[0].server) for v in verdicts if v[1] == "fail"}
     for server, verdict, hard, why in verdicts:
@@ -125,7 +132,7 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
             reports.append(ServerReport(*key, None, None, "unknown", "haproxy has no such server"))
             continue
         desired, because = current.admin, why
-        if verdict == "fail" and current.admin == READY:
+        if verdict in ("fail", "drain") and current.admin == READY:
             others = ready.get(server.backend, set()) - {server.server}
             if not hard:  # a soft failure moves load: only onto servers that are not failing themselves
                 others = {name for name in others if (server.backend, name) not in failing}
@@ -140,7 +147,7 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
                         "backend": server.backend, "server": server.server, "reason": why, "hard": hard,
                         "ready_others": len(others), "min_ready": section.min_ready}))
             else:
-                desired = server.on_failure
+                desired = DRAIN if verdict == "drain" else server.on_failure
         elif verdict == "ok" and current.admin != READY and key in memory.taken_out:
             desired = READY
         elif verdict == "ok" and current.admin != READY:
@@ -148,8 +155,8 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
         if desired != current.admin:
             recent = now - last_change.get(key, float("-inf")) < section.hold_down
             capped = per_backend_changes.get(server.backend, 0) >= section.max_changes_per_minute
-            hard_out = verdict == "fail" and hard
-            if (recent or capped) and not hard_out:
+            at_once = (verdict == "fail" and hard) or verdict == "drain"  # a planned drain is not a flap
+            if (recent or capped) and not at_once:
                 deferred = True
                 because = f"{because}; waiting ({'hold_down' if recent else 'max_changes_per_minute'})"
                 desired = current.admin

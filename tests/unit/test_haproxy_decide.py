@@ -136,3 +136,28 @@ def test_memory_forgets_changes_older_than_the_horizon_but_keeps_who_was_taken_o
     memory = remember(Memory(), [SetState("pretix", "app1", "maint", "x")], frozenset(), 0.0)
     later = remember(memory, [], frozenset(), 120.0, horizon=60.0)
     assert later.changes == () and later.taken_out == {("pretix", "app1")}
+
+
+def local_section(**kwargs):
+    base = section(**kwargs)
+    first = base.servers[0]
+    return HaproxySection(**{**base.__dict__, "servers": (
+        HaproxyServer(first.backend, first.server, first.checks, first.on_failure, True), *base.servers[1:])})
+
+
+def test_drain_of_this_node_drains_its_local_server_at_once_and_ready_puts_it_back():
+    checks = {"web-app1": PASS, "web-app2": PASS}
+    memory = Memory(changes=((99.0, "pretix", "app1"),))  # inside hold_down: a planned drain still acts
+    drained = decide(local_section(), checks, ALL_READY, memory, 100.0, drain_local="kernel update")
+    assert drained.actions == (SetState("pretix", "app1", "drain", "draining this node: kernel update"),)
+    memory = remember(memory, list(drained.actions), frozenset(), 100.0)
+    actual = {("pretix", "app1"): up("drain"), ("pretix", "app2"): up()}
+    back = decide(local_section(hold_down=1.0), checks, actual, memory, 102.0)
+    assert back.actions == (SetState("pretix", "app1", "ready", "gating checks pass"),)
+
+
+def test_drain_of_this_node_never_takes_out_the_last_healthy_server():
+    checks = {"web-app1": PASS, "web-app2": HARD}
+    actual = {("pretix", "app1"): up(), ("pretix", "app2"): up("maint")}
+    decision = decide(local_section(), checks, actual, Memory(), 100.0, drain_local="reboot")
+    assert decision.actions == () and decision.held == {("pretix", "app1")}

@@ -234,6 +234,9 @@ class Key:
 
 
 REQUIRED = object()
+# What a key gets whose value was wrong or missing: a problem is already reported for it, and the
+# typed configuration is not built from it. (None is a legitimate default for optional keys.)
+INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "<invalid>"})()
 
 
 @dataclass(frozen=True)
@@ -347,8 +350,8 @@ SCHEMA = Table("", {
                           "only `pg_monitor`.", {
             "dsn": Key(_dsn, REQUIRED, 'libpq DSN of the server to check, e.g. "host=db2 dbname=postgres '
                        'user=pretix_agent"; keep passwords in a passfile, not here.'),
-            "primary_dsn": Key(_dsn, None, "Optional DSN of the primary: on a standby, lag is then also "
-                               "measured against the primary's current WAL position."),
+            "primary_dsn": Key(_dsn, "", "Optional DSN of the primary (empty: none): on a standby, lag is "
+                               "then also measured against the primary's current WAL position."),
             "role": Key(_choice("any", "primary", "standby"), "any", "The role this server must have."),
             "max_lag_bytes": Key(parse_size, 16 * 1024**2, "On a standby: most WAL not yet replayed."),
             "max_lag_seconds": Key(parse_duration, 30.0, "On a standby: most replay delay while the primary "
@@ -405,7 +408,7 @@ class MaintenanceSection:
 @dataclass(frozen=True)
 class PostgresCheck:
     dsn: str
-    primary_dsn: str | None
+    primary_dsn: str  # "" when not set
     role: str
     max_lag_bytes: int
     max_lag_seconds: float
@@ -601,11 +604,11 @@ def _walk(table: Table, raw: Any, path: Path_, problems: _Collector) -> dict[str
                 out[name] = spec.convert(raw[name])
             except ValueError as error:
                 problems.add(here, str(error))
-                out[name] = None
+                out[name] = INVALID
         elif spec.default is REQUIRED:
             if not not_a_table:  # "expected a table" already says it all; no echo per required key
                 problems.add(here, "is required")
-            out[name] = None
+            out[name] = INVALID
         else:
             out[name] = spec.default
     return out
@@ -640,21 +643,21 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
     maintenance = values["maintenance"]
     windows = []
     for index, window in enumerate(maintenance["window"]):
-        if window["start"] is None or window["end"] is None:
+        if INVALID in (window["start"], window["end"]):
             continue
         try:
             windows.append(Window(window["start"], window["end"]))
         except ValueError as error:
             problems.add(("maintenance", "window", index), str(error))
-    if maintenance["marker"] is not None and maintenance["marker"] == maintenance["lock"]:
+    if maintenance["marker"] is not INVALID and maintenance["marker"] == maintenance["lock"]:
         problems.add(("maintenance", "lock"), "must differ from maintenance.marker: the lock pins "
                      "maintenance on, the marker only shows it")
     checks = []
     for name, check in values["checks"].items():
-        if check["timeout"] is not None and check["interval"] is not None and check["timeout"] >= check["interval"]:
+        if INVALID not in (check["timeout"], check["interval"]) and check["timeout"] >= check["interval"]:
             problems.add(("checks", name, "timeout"), f"must be less than interval ({check['interval']:g} s): "
                          "a probe must end before the next one starts")
-        if any(value is None for value in check.values()):
+        if any(value is INVALID for value in check.values()):
             continue  # already reported
         kind = _CHECK_OPTIONS[check["type"]]
         names = {option.name for option in dataclasses.fields(kind)}
@@ -664,6 +667,8 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
     known_checks = set(values["checks"])
 
     def unknown_checks(path: Path_, names: Any) -> None:
+        if names is INVALID:
+            return
         for name in names or ():
             if name not in known_checks:
                 close = difflib.get_close_matches(name, sorted(known_checks), n=1)
@@ -676,7 +681,7 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
     for index, server in enumerate(raw_haproxy["server"]):
         here: Path_ = ("haproxy", "server", index)
         unknown_checks((*here, "checks"), server["checks"])
-        if None in server.values():
+        if any(value is INVALID for value in server.values()):
             continue
         key = (server["backend"], server["server"])
         if key in seen_servers:

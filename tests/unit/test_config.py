@@ -746,3 +746,25 @@ def test_reference_markdown_documents_every_key_of_the_schema():
     assert '| `start` | weekday and time | (required) |' in reference
     assert '| `level` | one of "debug", "info", "warning", "error" | `"info"` |' in reference
     assert reference.endswith("\n") and not reference.endswith("\n\n")
+
+
+def test_optional_keys_left_at_their_none_default_still_build_their_section():
+    cfg = config.parse(textwrap.dedent("""
+        [checks.db]
+        type = "postgres"
+        dsn = "host=127.0.0.1 dbname=postgres"
+
+        [agent_check]
+        listen = "127.0.0.1:8999"
+        checks = ["db"]
+        """))
+    assert [check.name for check in cfg.checks] == ["db"]
+    assert cfg.agent_check is not None and cfg.agent_check.weight is None
+
+
+def test_a_wrong_value_inside_a_check_reports_it_and_builds_nothing_from_it():
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse('[checks.db]\ntype = "postgres"\ndsn = "host=x"\nfall = 0\n', "agent.toml")
+    (problem,) = raised.value.problems
+    assert (problem.path, problem.line) == ("checks.db.fall", 4)
+    assert "expected an integer from 1 to 100, got 0" in problem.message

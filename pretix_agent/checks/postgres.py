@@ -1,0 +1,446 @@
+"""PostgreSQL check: role, replication lag in bytes and seconds, WAL receiver, paused replay.
+
+Observe, then decide: `observe()` talks to the server(s) and returns a `PostgresObservation` of plain
+values; `classify()` turns an observation and the check's options into a ProbeResult, with no I/O
+(tested with plain values in tests/unit/test_check_postgres.py).
+
+Every query works for a role that is only a member of `pg_monitor`.
+
+The connection is driven through psycopg's libpq layer (`psycopg.pq`) in non-blocking mode, with
+every wait bounded by the deadline: libpq ignores `connect_timeout` in non-blocking mode, psycopg
+3.1 waits forever without it and rounds it to whole seconds of at least 2, and a query to a
+SIGSTOPped server never returns. Here the probe returns when the deadline is up, whatever the
+server does, and the runner's abort shuts the socket down as well. psycopg is imported only when a
+probe runs, so the rest of the agent does not need it.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .model import Deadline, ProbeResult, failed, passed, unknown
+from .sockets import SocketBreaker
+from .text import one_line, scrub
+
+if TYPE_CHECKING:
+    from ..config import PostgresCheck
+
+APPLICATION_NAME = "pretix-agent"
+
+
+# ---------------------------------------------------------------------------------------------
+# What one probe sees.
+
+
+@dataclass(frozen=True)
+class Standby:
+    """One row of the primary's `pg_stat_replication`."""
+
+    name: str  # application_name
+    client_addr: str | None
+    state: str | None  # None: hidden, the role lacks pg_monitor
+    sync_state: str | None
+    lag_bytes: int | None  # primary's current WAL position minus the standby's replay position
+
+
+@dataclass(frozen=True)
+class PostgresObservation:
+    """What one probe measured. LSNs are integers (see `parse_lsn`); None means not measured."""
+
+    in_recovery: bool
+    read_only: bool  # transaction_read_only of a new session
+    # On a standby:
+    receive_lsn: int | None = None  # pg_last_wal_receive_lsn()
+    replay_lsn: int | None = None  # pg_last_wal_replay_lsn()
+    replay_age: float | None = None  # now() - pg_last_xact_replay_timestamp(), seconds
+    receiver_status: str | None = None  # pg_stat_wal_receiver.status; None: no WAL receiver
+    replay_paused: bool = False
+    primary_lsn: int | None = None  # the primary's pg_current_wal_lsn(), if primary_dsn is set
+    primary_problem: str | None = None  # why primary_lsn is None although primary_dsn is set
+    # On a primary:
+    standbys: tuple[Standby, ...] = field(default_factory=tuple)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deciding (pure).
+
+
+def parse_lsn(text: str | None) -> int | None:
+    """Given an LSN as PostgreSQL prints it ("16/B374D848") or None, return it as an integer."""
+    if text is None:
+        return None
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def format_lsn(lsn: int | None) -> str | None:
+    return None if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def format_bytes(count: int) -> str:
+    """Given a byte count, return it for people: "0 B", "812 B", "3.4 KiB", "16.0 MiB"."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _behind(ahead: int | None, behind: int | None) -> int | None:
+    # A position the replay has already passed counts as zero, not negative: right after the WAL
+    # receiver (re)starts, its receive position can lie behind the replay position.
+    if ahead is None or behind is None:
+        return None
+    return max(0, ahead - behind)
+
+
+def classify(observation: PostgresObservation, options: PostgresCheck) -> ProbeResult:
+    """Given what a probe saw and the check's options, return the check's outcome."""
+    if observation.in_recovery:
+        return _classify_standby(observation, options)
+    return _classify_primary(observation, options)
+
+
+def _classify_standby(seen: PostgresObservation, options: PostgresCheck) -> ProbeResult:
+    lag_bytes = _behind(seen.receive_lsn, seen.replay_lsn)
+    primary_lag_bytes = _behind(seen.primary_lsn, seen.replay_lsn)
+    # The time lag must not grow on an idle primary: pg_last_xact_replay_timestamp() is the commit
+    # time of the last replayed transaction, hours old when nothing is written. So when the replay
+    # has reached everything received, the lag is measured as 0 (the LSNs say so). That alone would
+    # also make a replica that no longer receives anything look caught up forever, which is why
+    # "WAL receiver not streaming" fails on its own below.
+    if lag_bytes == 0:
+        lag_seconds: float | None = 0.0
+    elif lag_bytes is not None and seen.replay_age is not None:
+        lag_seconds = max(0.0, seen.replay_age)  # clock skew between the two hosts can make it < 0
+    else:
+        lag_seconds = None  # positions unknown, or no transaction replayed since the standby started
+    values: dict[str, Any] = {
+        "role": "standby",
+        "receiver_status": seen.receiver_status,
+        "replay_paused": seen.replay_paused,
+        "lag_bytes": lag_bytes,
+        "lag_seconds": None if lag_seconds is None else round(lag_seconds, 3),
+        "primary_lag_bytes": primary_lag_bytes,
+        "receive_lsn": format_lsn(seen.receive_lsn),
+        "replay_lsn": format_lsn(seen.replay_lsn),
+    }
+    if options.primary_dsn:
+        values["primary_lsn"] = format_lsn(seen.primary_lsn)
+        values["primary_problem"] = seen.primary_problem
+
+    behind = _lag_phrase(lag_bytes, lag_seconds)
+    problems = []
+    if options.role == "primary":
+        problems.append("not writable: in recovery (a standby), expected a primary")
+    if seen.receiver_status != "streaming":
+        status = f"status {seen.receiver_status}" if seen.receiver_status else "no WAL receiver"
+        problems.append(f"WAL receiver not streaming ({status}), replay {behind}")
+    if seen.replay_paused:
+        problems.append(f"replay paused, {behind}")
+    if lag_bytes is not None and lag_bytes > options.max_lag_bytes:
+        problems.append(f"replay {format_bytes(lag_bytes)} behind received WAL "
+                        f"(max {format_bytes(options.max_lag_bytes)})")
+    if primary_lag_bytes is not None and primary_lag_bytes > options.max_lag_bytes:
+        problems.append(f"replay {format_bytes(primary_lag_bytes)} behind the primary "
+                        f"(max {format_bytes(options.max_lag_bytes)})")
+    if lag_seconds is not None and lag_seconds > options.max_lag_seconds:
+        problems.append(f"replay {lag_seconds:.1f} s behind (max {options.max_lag_seconds:g} s)")
+    if problems:
+        return failed("; ".join(problems), **values)
+    if lag_bytes is None:
+        return unknown("standby streaming, but its receive/replay positions are unknown", **values)
+
+    reason = f"standby streaming, replay {behind}"
+    if primary_lag_bytes is not None:
+        reason += f", {format_bytes(primary_lag_bytes)} behind the primary"
+    elif seen.primary_problem:
+        reason += f"; lag to the primary not measured: {seen.primary_problem}"
+    return passed(reason, **values)
+
+
+def _lag_phrase(lag_bytes: int | None, lag_seconds: float | None) -> str:
+    size = "unknown bytes" if lag_bytes is None else format_bytes(lag_bytes)
+    seconds = "unknown time" if lag_seconds is None else f"{lag_seconds:.1f} s"
+    return f"{size} / {seconds} behind"
+
+
+def _classify_primary(seen: PostgresObservation, options: PostgresCheck) -> ProbeResult:
+    standbys = [
+        {"name": s.name, "client_addr": s.client_addr, "state": s.state, "sync_state": s.sync_state,
+         "lag_bytes": s.lag_bytes}
+        for s in seen.standbys
+    ]
+    values: dict[str, Any] = {"role": "primary", "read_only": seen.read_only, "standbys": standbys}
+    problems = []
+    if options.role == "standby":
+        problems.append("is a primary (not in recovery), expected a standby")
+    if seen.read_only:
+        problems.append("not writable: transaction_read_only is on (default_transaction_read_only set)")
+    if problems:
+        return failed("; ".join(problems), **values)
+    return passed(f"primary, writable, {_standbys_phrase(seen.standbys)}", **values)
+
+
+def _standbys_phrase(standbys: tuple[Standby, ...]) -> str:
+    if not standbys:
+        return "no standby connected"
+    parts = []
+    for standby in standbys:
+        if standby.state is None:
+            parts.append(f"{standby.name or '?'} (state hidden: the role needs pg_monitor)")
+        else:
+            lag = ("replay position unknown" if standby.lag_bytes is None
+                   else f"{format_bytes(standby.lag_bytes)} behind")
+            parts.append(f"{standby.name or '?'} ({standby.state}, {lag})")
+    count = "1 standby" if len(standbys) == 1 else f"{len(standbys)} standbys"
+    return f"{count}: " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Observing.
+
+
+class ProbeStopped(Exception):
+    """Ends a probe early with its result (a failure or unknown) already decided."""
+
+    def __init__(self, result: ProbeResult):
+        super().__init__(result.reason)
+        self.result = result
+
+
+def require() -> None:
+    """Raise ImportError with an installation hint if psycopg is missing."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ImportError("the postgres check needs psycopg 3: apt install python3-psycopg") from None
+
+
+def probe(options: PostgresCheck, deadline: Deadline) -> ProbeResult:
+    """One probe of the server at `options.dsn` (and `options.primary_dsn` on a standby)."""
+    try:
+        observation = observe(options, deadline)
+    except ProbeStopped as stop:
+        return stop.result
+    return classify(observation, options)
+
+
+def observe(options: PostgresCheck, deadline: Deadline) -> PostgresObservation:
+    """Measure the server at `options.dsn`. Raise ProbeStopped with the result if that fails."""
+    with Session(options.dsn, deadline) as session:
+        in_recovery, read_only = session.row(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'")
+        if in_recovery != "t":
+            rows = session.rows(
+                "SELECT application_name, client_addr::text, state, sync_state,"
+                " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint"
+                " FROM pg_stat_replication ORDER BY application_name, pid")
+            standbys = tuple(Standby(name or "", addr, state, sync, _int(lag)) for name, addr, state, sync, lag in rows)
+            return PostgresObservation(in_recovery=False, read_only=read_only == "t", standbys=standbys)
+        # pg_is_wal_replay_paused() is true only once replay has stopped; since PostgreSQL 14 the
+        # pause state also shows a requested pause, which stops replay at the next record.
+        paused = ("pg_get_wal_replay_pause_state() <> 'not paused'" if session.server_version >= 140000
+                  else "pg_is_wal_replay_paused()")
+        receive, replay, age, receiver, replay_paused = session.row(
+            "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
+            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
+            f" (SELECT status FROM pg_stat_wal_receiver LIMIT 1), {paused}")
+    primary_lsn, primary_problem = None, None
+    if options.primary_dsn:
+        primary_lsn, primary_problem = _primary_lsn(options.primary_dsn, deadline)
+    return PostgresObservation(
+        in_recovery=True, read_only=read_only == "t", receive_lsn=parse_lsn(receive),
+        replay_lsn=parse_lsn(replay), replay_age=None if age is None else float(age), receiver_status=receiver,
+        replay_paused=replay_paused == "t", primary_lsn=primary_lsn, primary_problem=primary_problem)
+
+
+def _primary_lsn(dsn: str, deadline: Deadline) -> tuple[int | None, str | None]:
+    """The primary's current WAL position, or None and why not. Its failures never fail the check:
+    the standby is measured already, and a primary that hangs must not time the whole probe out, so
+    it gets the remaining time minus a reserve for returning."""
+    reserve = min(0.1, deadline.timeout * 0.1)
+    own = Deadline(max(0.001, deadline.remaining() - reserve))
+    deadline.on_abort(own.abort)
+    try:
+        with Session(dsn, own) as session:
+            in_recovery, lsn = session.row(
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL"
+                " ELSE pg_current_wal_lsn()::text END")
+    except ProbeStopped as stop:
+        return None, f"primary_dsn: {stop.result.reason}"
+    if in_recovery == "t":
+        return None, "primary_dsn points to a server in recovery, not to the primary"
+    return parse_lsn(lsn), None
+
+
+def _int(text: str | None) -> int | None:
+    return None if text is None else int(text)
+
+
+class Session:
+    """One connection, opened and queried within a deadline. Raises ProbeStopped for anything the
+    server (or the network) does wrong; never blocks past the deadline."""
+
+    def __init__(self, dsn: str, deadline: Deadline):
+        import psycopg
+        from psycopg import pq
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        self._pq = pq
+        self._error_class = psycopg.Error
+        self._deadline = deadline
+        self._pgconn: Any = None
+        try:
+            params: dict[str, Any] = conninfo_to_dict(dsn)
+        except psycopg.Error as error:
+            # libpq quotes the word or value it choked on, which may be part of a password
+            text = re.sub(r'(after|value) "[^"]*"', r'\1 "…"', one_line(str(error)))
+            raise ProbeStopped(failed(f"invalid DSN: {text}")) from None
+        self._secrets = [str(params["password"])] if params.get("password") else []
+        params.setdefault("application_name", APPLICATION_NAME)
+        self.target = _target(params)
+        self._breaker = SocketBreaker(deadline)
+        self._phase = "connecting"
+        self._pgconn = pq.PGconn.connect_start(make_conninfo("", **params).encode())
+        self._breaker.watch(self._socket_or_none)
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def server_version(self) -> int:
+        return int(self._pgconn.server_version)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._breaker.release()
+        if self._pgconn is not None:
+            self._pgconn.finish()  # sends Terminate; never blocks on a socket buffer this empty
+
+    def _socket_or_none(self) -> int | None:
+        try:
+            return int(self._pgconn.socket)
+        except Exception:
+            return None
+
+    def _connect(self) -> None:
+        pq = self._pq
+        # libpq's contract: poll as if PQconnectPoll had just said "writing", wait for what it
+        # says next, until OK or FAILED (the socket may change between attempts; ask each time).
+        status = pq.PollingStatus.WRITING
+        if self._pgconn.status == pq.ConnStatus.BAD:
+            status = pq.PollingStatus.FAILED
+        while status != pq.PollingStatus.OK:
+            if status == pq.PollingStatus.FAILED:
+                raise ProbeStopped(self._connect_failure())
+            self._wait(read=status == pq.PollingStatus.READING)
+            try:
+                status = self._pgconn.connect_poll()
+            except self._error_class:
+                status = pq.PollingStatus.FAILED
+        self._pgconn.nonblocking = 1
+        self._phase = "query"
+
+    def _connect_failure(self) -> ProbeResult:
+        if self._aborted():
+            return self._timeout()
+        message = self._scrub(self._pgconn.error_message.decode("utf-8", "replace"))
+        attempts = [line for line in message.splitlines() if line.strip() and not line[0].isspace()]
+        # "Connection refused" (TCP) and "No such file or directory" (Unix socket) mean nothing
+        # listens there: the server is gone. Everything else (authentication, "starting up", "too
+        # many clients", name resolution) is soft.
+        gone = bool(attempts) and all(line.rstrip().endswith(("Connection refused", "No such file or directory"))
+                                      for line in attempts)
+        text = "; ".join(_clean(one_line(line)) for line in attempts) or "connection failed"
+        return failed(text, hard=gone, target=self.target)
+
+    def row(self, sql: str) -> tuple[str | None, ...]:
+        rows = self.rows(sql)
+        if len(rows) != 1:
+            raise ProbeStopped(unknown(f"expected one row, got {len(rows)}: {sql}"))
+        return rows[0]
+
+    def rows(self, sql: str) -> list[tuple[str | None, ...]]:
+        """Run one query; return its rows as text (None for NULL)."""
+        pq, pgconn = self._pq, self._pgconn
+        result_rows: list[tuple[str | None, ...]] = []
+        error: str | None = None
+        try:
+            pgconn.send_query(sql.encode())
+            while pgconn.flush():
+                self._wait(read=False)
+            while True:
+                pgconn.consume_input()
+                if pgconn.is_busy():
+                    self._wait(read=True)
+                    continue
+                result = pgconn.get_result()
+                if result is None:
+                    break
+                if result.status == pq.ExecStatus.TUPLES_OK:
+                    result_rows = [
+                        tuple(None if (v := result.get_value(r, c)) is None else v.decode("utf-8", "replace")
+                              for c in range(result.nfields))
+                        for r in range(result.ntuples)
+                    ]
+                elif result.status != pq.ExecStatus.COMMAND_OK:
+                    error = error or result.error_message.decode("utf-8", "replace")
+        except self._error_class as lost:
+            if self._aborted():
+                raise ProbeStopped(self._timeout()) from None
+            text = self._scrub(pgconn.error_message.decode("utf-8", "replace") or str(lost))
+            raise ProbeStopped(failed(f"connection lost: {_clean(one_line(text))}", target=self.target)) from None
+        if error is not None:
+            # A query the server refuses (permission denied, recovery ended between two queries):
+            # the server is there, but this probe could not measure it.
+            raise ProbeStopped(unknown(f"cannot measure: {_clean(one_line(self._scrub(error)))}",
+                                       target=self.target))
+        return result_rows
+
+    def _wait(self, read: bool) -> None:
+        """Wait until the socket is readable (or writable); raise ProbeStopped at the deadline."""
+        if self._aborted():
+            raise ProbeStopped(self._timeout())
+        try:
+            fd = self._pgconn.socket
+        except Exception:
+            return  # no socket: let libpq report why on the next call
+        poller = select.poll()
+        poller.register(fd, select.POLLIN if read else select.POLLOUT)
+        ready = poller.poll(self._deadline.remaining() * 1000)
+        if not ready or self._aborted():
+            raise ProbeStopped(self._timeout())
+
+    def _aborted(self) -> bool:
+        return self._deadline.aborted or self._deadline.expired()
+
+    def _timeout(self) -> ProbeResult:
+        return failed(f"timeout: no answer from {self.target} within {self._deadline.timeout:.3g} s "
+                      f"({self._phase})", target=self.target)
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self._secrets)
+
+
+def _target(params: Mapping[str, Any]) -> str:
+    host = params.get("host") or params.get("hostaddr") or "local socket"
+    return f"{host}:{params.get('port') or 5432}"
+
+
+def _clean(line: str) -> str:
+    # 'failed: FATAL:  password authentication failed' -> 'failed: password authentication failed'
+    return re.sub(r"\b(?:FATAL|ERROR|PANIC):\s+", "", line.strip())
+

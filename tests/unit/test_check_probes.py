@@ -1,0 +1,47 @@
+"""make_probe: from a check's spec to the probe of its type."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+
+import pytest
+
+from pretix_agent import config
+from pretix_agent.checks import http, postgres, probes, redis
+
+
+def spec(text: str) -> config.CheckSpec:
+    (check,) = config.parse(text).checks
+    return check
+
+
+def test_each_type_gets_its_probe_with_its_options():
+    pg = spec('[checks.db]\ntype = "postgres"\ndsn = "host=db2 user=pretix_agent"\nrole = "standby"\n')
+    probe = probes.make_probe(pg)
+    assert isinstance(probe, functools.partial)
+    assert probe.func is postgres.probe and probe.args == (pg.options,)
+    web = spec('[checks.web]\ntype = "http"\nurl = "http://127.0.0.1:8345/healthcheck/"\n')
+    assert probes.make_probe(web).func is http.probe
+
+
+def test_redis_probe_writes_a_key_of_its_own_per_node_and_check():
+    cache = spec('[checks.cache]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\n')
+    probe = probes.make_probe(cache)
+    assert probe.func is redis.probe
+    assert probe.keywords["probe_key"] == probes.redis_probe_key("cache")
+    assert probes.redis_probe_key("cache", node="app1") == "pretix-agent:probe:app1:cache"
+
+
+def test_an_unknown_type_is_refused():
+    odd = config.CheckSpec(name="x", type="smtp", interval=2.0, timeout=1.0, fall=3, rise=2,
+                           options=config.HttpCheck(url="http://x/", host="", verify_tls=True))
+    with pytest.raises(ValueError, match="no probe for a check of type 'smtp'"):
+        probes.make_probe(odd)
+
+
+def test_importing_the_probes_loads_neither_psycopg_nor_redis():
+    code = "import sys, pretix_agent.checks.probes; print('psycopg' in sys.modules, 'redis' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import idle, maintenance
+from . import checks, dbus, idle, maintenance
 
 BENCHMARKS = {
     "idle": lambda quick: idle.run(seconds=5.0 if quick else 30.0),
     "maintenance": lambda quick: maintenance.run(trials=20 if quick else 200,
                                                  baseline_trials=10 if quick else 200),
+    "checks": checks.run,
+    "dbus": lambda quick: dbus.run(quick),
 }
 
 

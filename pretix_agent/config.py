@@ -655,8 +655,8 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
     checks = []
     for name, check in values["checks"].items():
         if INVALID not in (check["timeout"], check["interval"]) and check["timeout"] >= check["interval"]:
-            problems.add(("checks", name, "timeout"), f"must be less than interval ({check['interval']:g} s): "
-                         "a probe must end before the next one starts")
+            problems.add(("checks", name, "timeout"), f"is {check['timeout']:g} s, must be less than interval "
+                         f"({check['interval']:g} s): a probe must end before the next one starts")
         if any(value is INVALID for value in check.values()):
             continue  # already reported
         kind = _CHECK_OPTIONS[check["type"]]

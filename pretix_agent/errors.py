@@ -36,3 +36,9 @@ class FileWriteError(AgentError):
 
 class StatusUnavailable(AgentError):
     """The daemon's status file is missing, unreadable or not a status document."""
+
+
+class DBusUnavailable(AgentError):
+    """A D-Bus feature (systemd unit states, the shutdown delay lock) cannot work here: no python3-gi,
+    no system bus, no permission, or the service (systemd, logind) is not on the bus. The daemon
+    logs it once and runs on without that feature."""

@@ -199,6 +199,21 @@ def _optional_path(value: Any) -> Path:
     return _absolute_path(value)
 
 
+_UNIT_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|path|slice|scope|device|swap"
+                      r"|automount)")
+
+
+def _unit_list(value: Any) -> tuple[str, ...]:
+    units = _string_list(value)
+    if not units:
+        raise ValueError("expected at least one unit")
+    for unit in units:
+        if not _UNIT_RE.fullmatch(unit):
+            raise ValueError(f'"{unit}" is not a unit name: give the full name with its type, e.g. '
+                             '"pretix-web.service" or "pretix-worker@mail.service"')
+    return units
+
+
 def _dsn(value: Any) -> str:
     text = _nonempty_string(value)
     if "://" in text and not text.startswith(("postgresql://", "postgres://")):
@@ -211,7 +226,7 @@ _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
     _endpoint: "socket path or HOST:PORT", _optional_path: "absolute path", _boolean: "boolean",
-    _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL",
+    _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL", _unit_list: "array of units",
 }
 
 
@@ -370,6 +385,11 @@ SCHEMA = Table("", {
                           '"background", "notifications"].'),
             "max_queue_length": Key(_integer(1, 10**9), 1000, "Most tasks waiting in any listed queue."),
         }),
+        "systemd": Table("systemd units, event-driven over D-Bus: a unit that fails is seen within "
+                         "milliseconds.", {
+            "units": Key(_unit_list, REQUIRED, 'Units that must be active, e.g. ["pretix-web.service", '
+                         '"pretix-worker.service"].'),
+        }),
         "http": Table("HTTP: pretix's `GET /healthcheck/`; 200 passes, anything else fails.", {
             "url": Key(_url("http", "https"), REQUIRED, 'e.g. "http://127.0.0.1:8345/healthcheck/".'),
             "host": Key(_string, "", "Host header (pretix answers 400 to a bare IP); empty means the URL's host."),
@@ -426,13 +446,19 @@ class RedisCheck:
 
 
 @dataclass(frozen=True)
+class SystemdCheck:
+    units: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class HttpCheck:
     url: str
     host: str
     verify_tls: bool
 
 
-_CHECK_OPTIONS: dict[str, Any] = {"postgres": PostgresCheck, "redis": RedisCheck, "http": HttpCheck}
+_CHECK_OPTIONS: dict[str, Any] = {"postgres": PostgresCheck, "redis": RedisCheck, "http": HttpCheck,
+                                  "systemd": SystemdCheck}
 
 
 @dataclass(frozen=True)
@@ -443,7 +469,7 @@ class CheckSpec:
     timeout: float
     fall: int
     rise: int
-    options: PostgresCheck | RedisCheck | HttpCheck
+    options: PostgresCheck | RedisCheck | HttpCheck | SystemdCheck
 
 
 @dataclass(frozen=True)

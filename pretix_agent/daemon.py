@@ -29,8 +29,10 @@ from .adapters.sdnotify import Notifier
 from .checks import health
 from .checks.model import ProbeResult, unknown
 from .checks.runner import ABORT_GRACE, CheckRunner
+from .checks.units import UnitChecks
 from .drain import drain_path
 from .errors import AgentError, ConfigError, FileWriteError
+from .events import Event
 from .schedule import Schedule
 from .wakeup import Wakeup
 
@@ -100,6 +102,7 @@ class Daemon:
         self.check_states: dict[str, health.CheckState] = {}
         self.check_since: dict[str, float] = {}
         self._results: deque[tuple[str, ProbeResult]] = deque()
+        self.unit_checks = UnitChecks(self._deliver, self._log_event)  # $DBUS_SYSTEM_BUS_ADDRESS or the system bus
         self.timer: WallTimer | None = None
         self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
         self.clock_offset = float(os.environ.get(TEST_CLOCK_OFFSET_ENV, "0")) if self.test_hooks else 0.0
@@ -152,6 +155,7 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         self._stop_checks(list(self.runners))
+        self.unit_checks.stop()
         self._publish(state="stopped")
         if self.timer is not None:
             self.timer.close()
@@ -210,11 +214,14 @@ class Daemon:
     # -- checks ----------------------------------------------------------------------------------
 
     def _start_checks(self, specs: tuple[config_module.CheckSpec, ...]) -> None:
+        unit_probes = self.unit_checks.configure(self.config.checks)
+        if self.unit_checks.connection is not None:
+            self.liveness.thread("dbus", self.unit_checks.alive)
         for spec in specs:
             try:
                 from .checks.probes import make_probe  # psycopg and redis load only when checks exist
 
-                probe = make_probe(spec)
+                probe = unit_probes[spec.name] if spec.name in unit_probes else make_probe(spec)
             except Exception as error:
                 reason = f"cannot run a {spec.type} check: {type(error).__name__}: {error}"
                 self.log.error("check.unavailable", check=spec.name, error=reason)
@@ -235,6 +242,10 @@ class Daemon:
             self.liveness.heartbeats.pop(f"check-{runner.spec.name}", None)
             self.check_states.pop(runner.spec.name, None)
             self.check_since.pop(runner.spec.name, None)
+
+    def _log_event(self, event: Event) -> None:
+        """Log an event from any thread (the D-Bus thread reports through this)."""
+        getattr(self.log, event.level)(event.name, **event.fields)
 
     def _deliver(self, name: str, result: ProbeResult) -> None:
         """Called from a check's scheduler thread: queue the result and wake the loop."""

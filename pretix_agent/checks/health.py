@@ -2,7 +2,9 @@
 
 Pure: given the current state and one result, return the next state. A check starts `unknown`;
 `rise` consecutive passes make it passing, `fall` consecutive non-passes make it failing (or
-unknown, when the latest probe could not measure). One odd probe never flips a check.
+unknown, when the latest probe could not measure). One odd soft failure (a timeout, a slow
+answer) never flips a check; a hard one (connection refused, unit failed: the service is gone)
+makes it failing at once, because waiting `fall` intervals only sends requests into a void.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def advance(current: CheckState, result: ProbeResult, fall: int, rise: int) -> C
         state = PASSING if current.state == PASSING or passes >= rise else current.state
     else:
         passes, misses = 0, current.misses + 1
-        if misses >= fall:
+        if misses >= fall or (result.outcome == FAIL and result.hard):
             state = FAILING if result.outcome == FAIL else UNKNOWN
         else:
             state = current.state

@@ -6,7 +6,8 @@ from pretix_agent.checks import health
 from pretix_agent.checks.model import failed, passed, unknown
 from pretix_agent.config import CheckSpec, HttpCheck
 
-OK, BAD, DUNNO = passed("ok"), failed("refused", hard=True), unknown("cannot measure")
+OK, BAD, DUNNO = passed("ok"), failed("timeout"), unknown("cannot measure")
+GONE = failed("refused", hard=True)
 
 
 def run(results, fall=3, rise=2, start=None):
@@ -46,8 +47,14 @@ def test_could_not_measure_is_unknown_not_failing_and_not_passing():
     assert seen == ["passing", "passing", "unknown"]
 
 
+def test_a_hard_failure_makes_a_check_failing_at_once():
+    passing, _ = run([OK, OK])
+    _, seen = run([GONE, OK, OK], start=passing)
+    assert seen == ["failing", "failing", "passing"]
+
+
 def test_hard_failure_is_remembered_for_haproxy():
-    state, _ = run([BAD] * 3)
+    state, _ = run([GONE])
     assert state.hard_failure()
     soft, _ = run([failed("timeout")] * 3)
     assert soft.state == "failing" and not soft.hard_failure()
@@ -62,7 +69,7 @@ SPEC = CheckSpec("web", "http", 2.0, 1.0, 2, 2, HttpCheck("http://127.0.0.1/heal
 
 
 def test_apply_results_emits_one_event_per_state_change_not_per_probe():
-    states, events = health.apply_results({}, [("web", BAD)] * 5, {"web": SPEC})
+    states, events = health.apply_results({}, [("web", GONE)] * 5, {"web": SPEC})
     assert [e.name for e in events] == ["check.failing"]
     assert events[0].level == "error" and events[0].fields["reason"] == "refused" and events[0].fields["hard"]
     states, events = health.apply_results(states, [("web", OK)] * 3, {"web": SPEC})

@@ -332,9 +332,9 @@ SCHEMA = Table("", {
     }),
     "agent_check": Table("Answer haproxy's agent-check for this node, so haproxy elsewhere can poll it.", {
         "listen": Key(_endpoint, "", 'Address to listen on, "HOST:PORT"; empty disables the responder.'),
-        "checks": Key(_string_list, (), "Checks that must pass for this node to answer `up ready`."),
-        "weight": Key(_integer(0, 256), None, "Weight to announce (as a percentage, 0..256) while ready; none "
-                      "leaves haproxy's configured weight."),
+        "checks": Key(_string_list, (), "Checks that must pass for this node to answer `up 100%`."),
+        "weight": Key(_integer(0, 256), None, "Weight to announce (a percentage of the weight in haproxy.cfg, "
+                      "0..256) while ready; none announces 100%."),
     }),
     "loki": Table("Ship logs to Grafana Loki (push API), with the journal as the buffer under systemd.", {
         "url": Key(_url("http", "https"), "", 'Base URL, e.g. "https://loki.example.org"; empty disables '

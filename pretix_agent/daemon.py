@@ -33,6 +33,8 @@ from .checks.units import UnitChecks
 from .drain import drain_path
 from .errors import AgentError, ConfigError, FileWriteError
 from .events import Event
+from .haproxy.agent_check import AgentCheckResponder, agent_answer
+from .haproxy.controller import HaproxyController
 from .schedule import Schedule
 from .wakeup import Wakeup
 
@@ -102,6 +104,11 @@ class Daemon:
         self.check_states: dict[str, health.CheckState] = {}
         self.check_since: dict[str, float] = {}
         self._results: deque[tuple[str, ProbeResult]] = deque()
+        self.haproxy: HaproxyController | None = None
+        self.haproxy_status: dict[str, Any] = {}
+        self.responder: AgentCheckResponder | None = None
+        self.agent_answer: str | None = None  # None: no verdict yet, haproxy keeps its last state
+        self.shutdown_drain: str | None = None  # set while draining for a shutdown (never persisted)
         self.unit_checks = UnitChecks(self._deliver, self._log_event)  # $DBUS_SYSTEM_BUS_ADDRESS or the system bus
         self.timer: WallTimer | None = None
         self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
@@ -123,6 +130,12 @@ class Daemon:
                       config=str(self.config_path), notify=self.notifier.enabled,
                       watchdog_interval=self.notifier.watchdog_interval)
         self.cycle(["start"])
+        try:
+            self._start_haproxy()
+        except AgentError as error:
+            self.log.error("agent.start_failed", error=str(error))
+            self._shutdown()
+            return 1
         self._notify(READY="1", STATUS=self.sentence)
         last_ping = 0.0
         last_cycle = time.monotonic()
@@ -154,6 +167,7 @@ class Daemon:
         self.log.info("agent.stopping")
         if self.watcher is not None:
             self.watcher.stop()
+        self._stop_haproxy()
         self._stop_checks(list(self.runners))
         self.unit_checks.stop()
         self._publish(state="stopped")
@@ -267,6 +281,75 @@ class Daemon:
         for event in events:
             getattr(self.log, event.level)(event.name, **event.fields)
 
+    # -- haproxy and agent-check ---------------------------------------------------------------
+
+    def _start_haproxy(self) -> None:
+        section = self.config.haproxy
+        if section is not None and self.haproxy is None:
+            heartbeat = self.liveness.heartbeat("haproxy", section.interval + 3 * section.timeout + 5)
+            self.haproxy = HaproxyController(section, self.config.agent.state_dir, self._haproxy_report,
+                                             self._log_event, heartbeat.beat)
+            self.liveness.thread("haproxy", self.haproxy.alive)
+            self.haproxy.start()
+            self._feed_haproxy()
+        agent_check = self.config.agent_check
+        if agent_check is not None and self.responder is None:
+            responder = AgentCheckResponder(agent_check.listen, self._answer)
+            responder.start()  # raises AgentCheckError (an AgentError) with one line
+            self.responder = responder
+            self.liveness.thread("agent-check", responder.alive)
+            self.log.info("agent_check.listening", address=agent_check.listen)
+
+    def _stop_haproxy(self) -> None:
+        if self.haproxy is not None:
+            self.haproxy.stop()
+            self.haproxy = None
+            self.haproxy_status = {}
+            self.liveness.threads.pop("haproxy", None)
+            self.liveness.heartbeats.pop("haproxy", None)
+        if self.responder is not None:
+            self.responder.stop()
+            self.responder = None
+            self.liveness.threads.pop("agent-check", None)
+
+    def _haproxy_report(self, document: dict[str, Any]) -> None:
+        """From the haproxy thread: its latest view; wakes the loop so the status shows it."""
+        self.haproxy_status = document
+        self.wakeup.post("haproxy")
+
+    def drain_reason(self) -> str | None:
+        """Why this node is being drained (a drain request or a shutdown), or None."""
+        if self.shutdown_drain is not None:
+            return self.shutdown_drain
+        if self.drain.present:
+            return self.drain.reason or (f"requested by {self.drain.by}" if self.drain.by else "requested")
+        return None
+
+    def _feed_haproxy(self) -> None:
+        reason = self.drain_reason()
+        if self.haproxy is not None:
+            self.haproxy.update(self.check_states, reason)
+        agent_check = self.config.agent_check
+        if agent_check is not None:
+            states = [(name, self.check_states.get(name, health.CheckState())) for name in agent_check.checks]
+            failing = [f"{name}: {state.last.reason if state.last else state.state}"
+                       for name, state in states if state.state == health.FAILING]
+            if failing:
+                self.agent_answer = agent_answer(False, reason is not None, "; ".join(failing), agent_check.weight)
+            elif all(state.state == health.PASSING for _, state in states):
+                self.agent_answer = agent_answer(True, reason is not None, reason, agent_check.weight)
+            elif reason is not None:
+                self.agent_answer = agent_answer(True, True, reason, agent_check.weight)
+            else:
+                self.agent_answer = None  # checks undecided (the daemon just started): no opinion yet
+
+    def _answer(self) -> str:
+        """For the agent-check responder's thread: the prepared answer, or no answer at all."""
+        answer = self.agent_answer
+        if answer is None:
+            raise LookupError("no verdict yet")  # the responder closes without answering
+        return answer
+
     # -- reload ----------------------------------------------------------------------------------
 
     def reload(self) -> None:
@@ -301,6 +384,13 @@ class Daemon:
         changed = [name for name, spec in old_checks.items() if new_checks.get(name) != spec]
         self._stop_checks(changed)
         self._start_checks(tuple(spec for name, spec in new_checks.items() if old_checks.get(name) != spec))
+        if (old.haproxy, old.agent_check, old.agent.state_dir) != (new.haproxy, new.agent_check, new.agent.state_dir):
+            self._stop_haproxy()
+            try:
+                self._start_haproxy()
+            except AgentError as error:
+                self.log.error("config.reload_incomplete", error=str(error),
+                               detail="haproxy control or the agent-check responder is off until fixed")
         self.log.info("config.reloaded", config=str(self.config_path))
         self.cycle(["reload"])
         self._notify(READY="1", STATUS=self.sentence)
@@ -332,6 +422,11 @@ class Daemon:
                 **{name: health.CheckState() for name in self.runners}, **self.check_states})
             if checks:
                 sentence += f"; {checks}"
+            self._feed_haproxy()
+            if self.haproxy_status.get("sentence"):
+                sentence += f"; {self.haproxy_status['sentence']}"
+            if self.drain_reason() is not None:
+                sentence += f"; draining: {self.drain_reason()}"
             self.cycle_ok = True
         except Exception as error:  # a bug: keep the daemon up, stop vouching for it to systemd
             self.cycle_ok = False
@@ -371,6 +466,11 @@ class Daemon:
         document["checks"] = {name: check_status(runner.spec, self.check_states.get(name, health.CheckState()),
                                                  self.check_since.get(name))
                               for name, runner in sorted(self.runners.items())}
+        if self.config.haproxy is not None:
+            document["haproxy"] = {"socket": self.config.haproxy.socket, **self.haproxy_status}
+        if self.config.agent_check is not None:
+            document["agent_check"] = {"listen": self.config.agent_check.listen, "answer": self.agent_answer,
+                                       "answered": self.responder.answered if self.responder else 0}
         document["drain"] = {"present": self.drain.present, "by": self.drain.by, "at": self.drain.at,
                              "reason": self.drain.reason, "id": self.drain.lock_id, "problem": self.drain.problem,
                              "file": str(drain_path(self.config))}

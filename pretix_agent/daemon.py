@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .errors import AgentError, ConfigError, FileWriteError
 from .events import Event
 from .haproxy.agent_check import AgentCheckResponder, agent_answer
 from .haproxy.controller import HaproxyController
+from .loki import LokiShipper, MemorySource, choose_source, heartbeat_deadline
 from .schedule import Schedule
 from .wakeup import Wakeup
 
@@ -108,6 +110,8 @@ class Daemon:
         self.haproxy_status: dict[str, Any] = {}
         self.responder: AgentCheckResponder | None = None
         self.agent_answer: str | None = None  # None: no verdict yet, haproxy keeps its last state
+        self.shipper: LokiShipper | None = None
+        self.log_tee: Any = None  # the in-memory Loki queue's processor, when there is no journal
         self.shutdown_drain: str | None = None  # set while draining for a shutdown (never persisted)
         self.unit_checks = UnitChecks(self._deliver, self._log_event)  # $DBUS_SYSTEM_BUS_ADDRESS or the system bus
         self.timer: WallTimer | None = None
@@ -125,6 +129,7 @@ class Daemon:
         except AgentError as error:
             self.log.error("agent.start_failed", error=str(error))
             return 1
+        self._start_loki()
         self._start_checks(self.config.checks)
         self.log.info("agent.started", version=__version__, pid=os.getpid(), node=self.config.agent.node,
                       config=str(self.config_path), notify=self.notifier.enabled,
@@ -171,6 +176,7 @@ class Daemon:
         self._stop_checks(list(self.runners))
         self.unit_checks.stop()
         self._publish(state="stopped")
+        self._stop_loki(flush_timeout=5.0)
         if self.timer is not None:
             self.timer.close()
         self.notifier.close()
@@ -281,6 +287,40 @@ class Daemon:
         for event in events:
             getattr(self.log, event.level)(event.name, **event.fields)
 
+    # -- Loki ------------------------------------------------------------------------------------
+
+    def _start_loki(self) -> None:
+        section = self.config.loki
+        if section is None:
+            return
+        source, why_not_journal = choose_source(logs.under_journald(sys.stderr))
+        if isinstance(source, MemorySource):
+            self.log_tee = source.tee
+            self._configure_logs()
+            self.log.warning("loki.memory_source", reason=why_not_journal,
+                             detail="shipping only the agent's own events, through a bounded queue; "
+                             "lines are lost if Loki is down longer than the queue lasts")
+        heartbeat = self.liveness.heartbeat("loki", heartbeat_deadline(section))
+        self.shipper = LokiShipper(section, self.config.agent.node, self.config.agent.state_dir, source,
+                                   heartbeat=heartbeat.beat)
+        self.liveness.thread("loki", self.shipper.alive)
+        self.shipper.start()
+
+    def _stop_loki(self, flush_timeout: float) -> None:
+        if self.shipper is not None:
+            if not self.shipper.stop(flush_timeout):
+                self.log.warning("loki.stop_timeout", detail=f"not everything was sent within {flush_timeout:g} s")
+            self.shipper = None
+            self.liveness.threads.pop("loki", None)
+            self.liveness.heartbeats.pop("loki", None)
+        if self.log_tee is not None:
+            self.log_tee = None
+            self._configure_logs()
+
+    def _configure_logs(self) -> None:
+        logs.configure(self.config.log.level, self.config.log.format, tee=self.log_tee)
+        self.log = logs.get_logger()
+
     # -- haproxy and agent-check ---------------------------------------------------------------
 
     def _start_haproxy(self) -> None:
@@ -367,8 +407,12 @@ class Daemon:
             return
         old = self.config
         self.config = new
-        logs.configure(new.log.level, new.log.format)
-        self.log = logs.get_logger()
+        self._configure_logs()
+        if old.loki != new.loki or old.agent.state_dir != new.agent.state_dir:
+            self._stop_loki(flush_timeout=2.0)  # the cursor makes the hand-over lossless
+            self._start_loki()
+        elif self.shipper is not None:
+            self.shipper.reload_credentials()
         if (old.maintenance.marker, old.maintenance.lock, old.agent.state_dir) != (
                 new.maintenance.marker, new.maintenance.lock, new.agent.state_dir):
             try:
@@ -466,6 +510,8 @@ class Daemon:
         document["checks"] = {name: check_status(runner.spec, self.check_states.get(name, health.CheckState()),
                                                  self.check_since.get(name))
                               for name, runner in sorted(self.runners.items())}
+        if self.shipper is not None:
+            document["loki"] = self.shipper.status()
         if self.config.haproxy is not None:
             document["haproxy"] = {"socket": self.config.haproxy.socket, **self.haproxy_status}
         if self.config.agent_check is not None:

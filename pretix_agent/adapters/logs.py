@@ -124,13 +124,19 @@ def under_journald(stream: TextIO) -> bool:
     return (stat.st_dev, stat.st_ino) == (device, inode)
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> str:
-    """Set up structlog for the whole process; return the format chosen ("journal", ...)."""
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
+              tee: Any = None) -> str:
+    """Set up structlog for the whole process; return the format chosen ("journal", ...).
+
+    `tee` is a processor that gets a copy of every event after redaction (the Loki shipper's
+    in-memory queue when there is no journal to ship from)."""
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "journal" if under_journald(stream) else "console"
     renderer = {"journal": render_journal, "console": render_console, "json": render_json}[fmt]
     processors: list[Any] = [structlog.processors.format_exc_info, redact]
+    if tee is not None:
+        processors.append(tee)
     if fmt == "console":
         processors.insert(0, structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False))
     elif fmt == "json":

@@ -287,6 +287,9 @@ SCHEMA = Table("", {
         "state_dir": Key(_absolute_path, Path("/var/lib/pretix-agent"),
                          "Directory for the daemon's durable state (systemd's StateDirectory=); the "
                          "default parent of the maintenance files."),
+        "shutdown_drain_time": Key(parse_duration, 4.0, "At shutdown, how long this node is drained (agent-check "
+                                   "answers drain, local haproxy servers drain) before logind may go on; keep "
+                                   "it below logind's InhibitDelayMaxSec."),
         "reconcile_interval": Key(parse_duration, 5.0, "Backstop: the longest time between two full "
                                   "evaluations when nothing happens."),
     }),
@@ -409,6 +412,7 @@ class AgentSection:
     status_file: Path
     state_dir: Path
     reconcile_interval: float
+    shutdown_drain_time: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -731,7 +735,8 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
     return Config(
         source=source,
         agent=AgentSection(node=agent["node"] or socket.gethostname(), status_file=agent["status_file"],
-                           state_dir=agent["state_dir"], reconcile_interval=agent["reconcile_interval"]),
+                           state_dir=agent["state_dir"], reconcile_interval=agent["reconcile_interval"],
+                           shutdown_drain_time=agent["shutdown_drain_time"]),
         log=LogSection(**values["log"]),
         maintenance=MaintenanceSection(marker=maintenance["marker"], lock=maintenance["lock"],
                                        timezone=maintenance["timezone"], windows=tuple(windows)),

@@ -32,7 +32,7 @@ from .checks.model import ProbeResult, unknown
 from .checks.runner import ABORT_GRACE, CheckRunner
 from .checks.units import UnitChecks
 from .drain import drain_path
-from .errors import AgentError, ConfigError, FileWriteError
+from .errors import AgentError, ConfigError, DBusUnavailable, FileWriteError
 from .events import Event
 from .haproxy.agent_check import AgentCheckResponder, agent_answer
 from .haproxy.controller import HaproxyController
@@ -113,6 +113,8 @@ class Daemon:
         self.shipper: LokiShipper | None = None
         self.log_tee: Any = None  # the in-memory Loki queue's processor, when there is no journal
         self.shutdown_drain: str | None = None  # set while draining for a shutdown (never persisted)
+        self.shutdown_release_at: float | None = None  # monotonic: when the delay lock is let go
+        self.inhibitor: Any = None
         self.unit_checks = UnitChecks(self._deliver, self._log_event)  # $DBUS_SYSTEM_BUS_ADDRESS or the system bus
         self.timer: WallTimer | None = None
         self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
@@ -137,6 +139,7 @@ class Daemon:
         self.cycle(["start"])
         try:
             self._start_haproxy()
+            self._start_inhibitor()
         except AgentError as error:
             self.log.error("agent.start_failed", error=str(error))
             self._shutdown()
@@ -151,6 +154,8 @@ class Daemon:
                 ping_every = self._ping_interval()
                 if ping_every is not None:
                     due.append(last_ping + ping_every)
+                if self.shutdown_release_at is not None:
+                    due.append(self.shutdown_release_at)
                 reasons, ready = self.wakeup.wait(min(due) - now, (self.timer.fileno(),))
                 if ready:
                     reasons.append(self._timer_reason())
@@ -161,6 +166,8 @@ class Daemon:
                 if reasons or now - last_cycle >= self.config.agent.reconcile_interval:
                     self.cycle(reasons or ["backstop"])
                     last_cycle = time.monotonic()
+                if self.shutdown_release_at is not None and time.monotonic() >= self.shutdown_release_at:
+                    self._release_for_shutdown()
                 if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._ping():
                     last_ping = time.monotonic()
         finally:
@@ -170,6 +177,9 @@ class Daemon:
     def _shutdown(self) -> None:
         self._notify(STOPPING="1", STATUS="stopping")
         self.log.info("agent.stopping")
+        if self.inhibitor is not None:
+            self.inhibitor.stop()
+            self.inhibitor = None
         if self.watcher is not None:
             self.watcher.stop()
         self._stop_haproxy()
@@ -197,6 +207,9 @@ class Daemon:
             elif reason == "signal:SIGHUP":
                 self.reload()
                 rest.append("reload")
+            elif reason in ("shutdown:prepare", "shutdown:cancelled"):
+                self._on_shutdown_signal(reason == "shutdown:prepare")
+                rest.append(reason)
             elif reason == "signal:SIGUSR2":
                 if self.test_hooks:
                     seconds = float(os.environ.get(TEST_STALL_ENV, "3600"))
@@ -320,6 +333,50 @@ class Daemon:
     def _configure_logs(self) -> None:
         logs.configure(self.config.log.level, self.config.log.format, tee=self.log_tee)
         self.log = logs.get_logger()
+
+    # -- drain before shutdown ------------------------------------------------------------------
+
+    def _start_inhibitor(self) -> None:
+        """Take logind's delay lock when there is something to drain: agent-check or a local server."""
+        haproxy = self.config.haproxy
+        if self.config.agent_check is None and not (haproxy and any(s.local for s in haproxy.servers)):
+            return
+        try:
+            from .adapters.dbus import ShutdownInhibitor
+
+            connection = self.unit_checks.connect()
+            inhibitor = ShutdownInhibitor(self._on_prepare, connection=connection)
+            inhibitor.start()
+        except DBusUnavailable as error:
+            self.log.warning("shutdown_drain.unavailable", error=str(error),
+                             detail="the node is not drained before a shutdown; pretix-agentctl drain still works")
+            return
+        self.inhibitor = inhibitor
+        self.liveness.thread("dbus", self.unit_checks.alive)
+        self.log.info("shutdown_drain.armed", drain_time=self.config.agent.shutdown_drain_time)
+
+    def _on_prepare(self, shutting_down: bool) -> None:
+        """From the D-Bus thread (PrepareForShutdown): only queue and wake."""
+        self.wakeup.post("shutdown:prepare" if shutting_down else "shutdown:cancelled")
+
+    def _on_shutdown_signal(self, shutting_down: bool) -> None:
+        if shutting_down:
+            # Not the drain file: a drain for a reboot must not outlive it, or the node came back drained.
+            self.shutdown_drain = "system shutdown"
+            self.shutdown_release_at = time.monotonic() + self.config.agent.shutdown_drain_time
+            self.log.warning("shutdown_drain.started", seconds=self.config.agent.shutdown_drain_time)
+        else:
+            self.shutdown_drain = None
+            self.shutdown_release_at = None
+            self.log.info("shutdown_drain.cancelled", detail="the shutdown was cancelled: this node takes requests")
+
+    def _release_for_shutdown(self) -> None:
+        self.shutdown_release_at = None
+        if self.shipper is not None:
+            self.shipper.flush(timeout=1.0)
+        if self.inhibitor is not None:
+            self.inhibitor.release()
+        self.log.info("shutdown_drain.released", detail="drained; logind may go on with the shutdown")
 
     # -- haproxy and agent-check ---------------------------------------------------------------
 

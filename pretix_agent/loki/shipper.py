@@ -145,6 +145,19 @@ class LokiShipper:
             self._thread.join(2 * HEARTBEAT_EVERY)
         return not self._thread.is_alive()
 
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for what is buffered now to be accepted (the batch goes out
+        within `batch_wait`); return True if nothing is left. Before a shutdown, so the last lines
+        (the drain) reach Loki; under the journal nothing is lost either way."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not (self._inflight or self._batch or self._carry):
+                    return True
+            time.sleep(0.02)  # bounded wait for the shipper's own thread; never on the main loop's hot path
+        return False
+
     def alive(self) -> bool:
         """True while the shipper's thread runs (it survives its own errors; this is False only
         before start, after stop, or if it died of something it could not handle)."""

@@ -26,7 +26,32 @@ START_MARKER = "<!-- config-reference:start -->"
 END_MARKER = "<!-- config-reference:end -->"
 
 # Commented-out settings whose value is an example rather than the default, as the file says.
-EXAMPLES = {("agent", "node"): "pretix-app1", ("maintenance", "timezone"): ZoneInfo("Europe/Berlin")}
+EXAMPLES = {("agent", "node"): "pretix-app1", ("maintenance", "timezone"): ZoneInfo("Europe/Berlin"),
+            ("checks", "pretix", "url"): "http://127.0.0.1:8345/healthcheck/",
+            ("checks", "pretix", "host"): "tickets.example.org",
+            ("checks", "redis", "url"): "redis://127.0.0.1:6379/2",
+            ("checks", "redis", "queues"): ("default", "checkout", "mail", "background", "notifications"),
+            ("checks", "database", "dsn"): "host=10.0.0.11 dbname=postgres user=pretix_agent",
+            ("checks", "database", "primary_dsn"): "host=10.0.0.10 dbname=postgres user=pretix_agent",
+            ("checks", "database", "role"): "primary",
+            ("checks", "units", "units"): ("pretix-web.service", "pretix-worker.service"),
+            ("haproxy", "socket"): "/run/haproxy/admin.sock",
+            ("haproxy", "state_file"): Path("/var/lib/haproxy/server-state"),
+            ("haproxy", "server", 0, "backend"): "pretix", ("haproxy", "server", 0, "server"): "app1",
+            ("haproxy", "server", 0, "checks"): ("pretix",),
+            ("agent_check", "listen"): "0.0.0.0:8999", ("agent_check", "checks"): ("pretix",),
+            ("agent_check", "weight"): 100,
+            ("loki", "url"): "https://loki.example.org", ("loki", "username"): "123456",
+            ("loki", "password_file"): Path("/run/credentials/pretix-agent.service/loki-password"),
+            ("loki", "env"): "prod",
+            ("loki", "units"): ("pretix-web.service", "pretix-worker.service", "nginx.service")}
+
+# Keys shown as an alternative in prose rather than as a setting: they exclude one that is set.
+ALTERNATIVES = {("loki", "bearer_token_file")}
+
+# The example check of each type in conf/agent.toml; the timing keys all types share are shown
+# (with their defaults) in the first one only.
+EXAMPLE_CHECKS = {"http": "pretix", "redis": "redis", "postgres": "database", "systemd": "units"}
 
 
 def uncommented(text: str) -> str:
@@ -47,8 +72,43 @@ def schema_keys(table: config.Table, path: tuple = ()):
             yield (*path, name)
         elif isinstance(spec, config.Table):
             yield from schema_keys(spec, (*path, name))
+        elif isinstance(spec, config.TableMap):
+            for kind, options in spec.types.items():
+                check = (*path, name, EXAMPLE_CHECKS[kind])
+                if kind == next(iter(EXAMPLE_CHECKS)):
+                    yield from schema_keys(spec.common, check)
+                yield from schema_keys(options, check)
         else:
             yield from schema_keys(spec.table, (*path, name, 0))
+
+
+def shown_value(loaded: config.Config, path: tuple):
+    """The value the loaded configuration has at a schema path."""
+    if path[0] == "checks":
+        _, name, key = path
+        (check,) = [check for check in loaded.checks if check.name == name]
+        return getattr(check, key) if hasattr(check, key) else getattr(check.options, key)
+    if path[:2] == ("haproxy", "server"):
+        return getattr(loaded.haproxy.servers[path[2]], path[3])
+    section, key = path
+    return getattr(getattr(loaded, section), key)
+
+
+def default_value(path: tuple):
+    """The schema's default at a path (for a check: of its type's table, else the common one)."""
+    if path[0] == "checks":
+        spec = config.SCHEMA.keys["checks"]
+        kind = next(kind for kind, name in EXAMPLE_CHECKS.items() if name == path[1])
+        key = spec.types[kind].keys.get(path[2]) or spec.common.keys[path[2]]
+        return key.default
+    node = config.SCHEMA
+    for part in path:
+        if isinstance(node, config.TableArray):
+            node = node.table
+        if isinstance(part, int):
+            continue
+        node = node.keys[part]
+    return node.default
 
 
 def lookup(raw, path):
@@ -65,8 +125,12 @@ def test_example_config_as_shipped_loads_and_changes_nothing():
 
 
 def test_example_config_documents_every_key_of_the_schema():
-    raw = tomllib.loads(uncommented(EXAMPLE.read_text(encoding="utf-8")))
+    text = EXAMPLE.read_text(encoding="utf-8")
+    raw = tomllib.loads(uncommented(text))
     for path in schema_keys(config.SCHEMA):
+        if path in ALTERNATIVES:
+            assert f"{path[-1]} = " in text, f"conf/agent.toml does not mention {config.format_path(path)}"
+            continue
         try:
             lookup(raw, path)
         except (KeyError, IndexError):
@@ -76,19 +140,22 @@ def test_example_config_documents_every_key_of_the_schema():
 def test_example_config_explains_every_key_in_a_comment_above_it():
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines):
-        if re.match(r"#[a-z_]+ = ", line) and not re.match(r"#(start|end) = ", line):
+        if re.match(r"#[a-z_]+ = ", line) and not re.match(r"#(start|end|type) = ", line):
             assert lines[number - 1].startswith("# "), f"conf/agent.toml:{number + 1}: {line} is not explained"
 
 
 def test_example_config_commented_settings_show_the_defaults_or_the_examples_it_names(example_uncommented):
-    defaults = config.defaults()
     for path in schema_keys(config.SCHEMA):
-        if "window" in path:
+        if "window" in path or path in ALTERNATIVES:
             continue
-        section, key = path
-        shown = getattr(getattr(example_uncommented, section), key)
-        expected = EXAMPLES.get(path, getattr(getattr(defaults, section), key))
+        shown = shown_value(example_uncommented, path)
+        expected = EXAMPLES.get(path, default_value(path))
         assert shown == expected, config.format_path(path)
+
+
+def test_example_config_shows_one_check_of_each_type_for_an_app_node(example_uncommented):
+    assert {check.name: check.type for check in example_uncommented.checks} == {
+        name: kind for kind, name in EXAMPLE_CHECKS.items()}
 
 
 def test_example_config_windows_are_the_accounting_cut_off_and_the_upgrade_slot(example_uncommented):

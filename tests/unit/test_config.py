@@ -53,7 +53,8 @@ BAD_INPUTS = [
         [agent]
         colour = "blue"
         """,
-        "agent.colour", "unknown key; known keys: node, status_file, state_dir, reconcile_interval", 3,
+        "agent.colour",
+        "unknown key; known keys: node, status_file, state_dir, shutdown_drain_time, reconcile_interval", 3,
         id="unknown-key-without-close-match-lists-known-keys"),
     pytest.param(
         """

@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_module.load(args.config)
     except ConfigError as error:
+        # Under journald (ExecReload= runs --check-config) the <3> prefix files each line as an
+        # error, so `journalctl -p err -u pretix-agent` shows why a reload was refused.
+        prefix = "<3>" if logs.under_journald(sys.stderr) else ""
         for problem in error.problems:
-            print(f"pretix-agent: {problem}", file=sys.stderr)
+            print(f"{prefix}pretix-agent: {problem}", file=sys.stderr)
         return EXIT_FAILED
     if args.check_config:
         print(f"{args.config}: configuration is valid")

@@ -49,6 +49,14 @@ def unknown(reason: str, **values: Any) -> ProbeResult:
     return ProbeResult(UNKNOWN, reason, values)
 
 
+class ProbeStopped(Exception):
+    """Ends a probe early with its result (a failure or unknown) already decided."""
+
+    def __init__(self, result: ProbeResult):
+        super().__init__(result.reason)
+        self.result = result
+
+
 class Deadline:
     """The time a probe may take, and the hooks that abort its blocking calls when it is up.
 

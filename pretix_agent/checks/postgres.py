@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .model import Deadline, ProbeResult, failed, passed, unknown
+from .model import Deadline, ProbeResult, ProbeStopped, failed, passed, unknown
 from .sockets import SocketBreaker
 from .text import one_line, scrub
 
@@ -204,14 +204,6 @@ def _standbys_phrase(standbys: tuple[Standby, ...]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Observing.
-
-
-class ProbeStopped(Exception):
-    """Ends a probe early with its result (a failure or unknown) already decided."""
-
-    def __init__(self, result: ProbeResult):
-        super().__init__(result.reason)
-        self.result = result
 
 
 def require() -> None:

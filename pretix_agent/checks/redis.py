@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .model import Deadline, ProbeResult, failed, passed, unknown
+from .model import Deadline, ProbeResult, ProbeStopped, failed, passed, unknown
 from .sockets import SocketBreaker
 from .text import one_line, scrub
 
@@ -146,14 +146,6 @@ def classify(seen: RedisObservation, options: RedisCheck) -> ProbeResult:
 
 # ---------------------------------------------------------------------------------------------
 # Observing.
-
-
-class ProbeStopped(Exception):
-    """Ends a probe early with its result (a failure or unknown) already decided."""
-
-    def __init__(self, result: ProbeResult):
-        super().__init__(result.reason)
-        self.result = result
 
 
 def require() -> None:

@@ -24,7 +24,9 @@ def test_watchdog_pings_arrive_at_half_the_watchdog_interval(agent_factory):
     agent = agent_factory(watchdog_usec=1_000_000)
     pings = agent.notify.wait_for("WATCHDOG", "1", count=5, timeout=10)
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(pings)]
-    assert all(0.3 < gap < 0.8 for gap in gaps), gaps
+    # Half of WATCHDOG_USEC apart: never so often as to spam, always well inside the 1 s that
+    # systemd allows before it kills the service.
+    assert all(0.3 < gap < 0.9 for gap in gaps), gaps
 
 
 def test_sighup_sends_reloading_then_ready_and_applies_the_new_config(agent_factory):

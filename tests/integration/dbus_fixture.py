@@ -33,7 +33,6 @@ own PID.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.waiting import wait_until
+
+from .processes import die_with_parent
 
 DBUS_DAEMON = "/usr/bin/dbus-daemon"
 MOCK_IFACE = "org.freedesktop.DBus.Mock"
@@ -84,13 +85,6 @@ def dbus_unavailable_reason() -> str | None:
     except ImportError as error:
         return f"needs python3-gi, python3-dbus and python3-dbusmock (run on /usr/bin/python3): {error}"
     return None
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:  # in the child between fork and exec: PR_SET_PDEATHSIG = SIGKILL
-    _libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 def unit_path(name: str) -> str:
@@ -137,7 +131,7 @@ class PrivateBus:
             self.socket.unlink()
         self.process = subprocess.Popen(
             [DBUS_DAEMON, "--nofork", "--print-address", f"--config-file={self.config}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent)
         assert self.process.stdout is not None
         printed = self.process.stdout.readline().strip()  # printed once it listens
         if not printed:
@@ -184,7 +178,7 @@ class MockService:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dbusmock", "--template", str(self.template), "--logfile", str(self.log),
              "--parameters", json.dumps(self.parameters)],
-            env=self.bus.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            env=self.bus.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self._client = self.bus.client()
         bus_object = self._client.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus")
         wait_until(lambda: bool(bus_object.NameHasOwner(self.name, dbus_interface="org.freedesktop.DBus")),

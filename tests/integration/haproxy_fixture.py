@@ -42,7 +42,6 @@ until the master and every worker it started are gone.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import os
 import selectors
@@ -62,6 +61,19 @@ from typing import Any, TypeVar
 
 from pretix_agent.haproxy.runtime import ProcessIdentity, RuntimeApi, RuntimeApiError, ServerState, StatRow
 
+from .processes import (
+    FixtureError,
+    any_alive,
+    children_of,
+    free_port,
+    pdeathsig,
+    pid_alive,
+    process_state,
+    signal_pids,
+    titled_log_tail,
+    wait_until,
+)
+
 HAPROXY = os.environ.get("PRETIX_AGENT_TEST_HAPROXY", "/usr/sbin/haproxy")
 HOST = "127.0.0.1"
 BACKEND = "pretix"
@@ -71,10 +83,6 @@ DEFAULT_TIMEOUT = 15.0
 T = TypeVar("T")
 
 
-class FixtureError(RuntimeError):
-    """haproxy or a backend did not reach the state asked for (the message carries the log tail)."""
-
-
 def haproxy_unavailable_reason() -> str | None:
     """Why haproxy integration tests cannot run here, or None (for pytest.skip)."""
     if not os.access(HAPROXY, os.X_OK):
@@ -82,72 +90,8 @@ def haproxy_unavailable_reason() -> str | None:
     return None
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], T], *, timeout: float, what: str,
-               details: Callable[[], str] | None = None, interval: float = 0.02) -> T:
-    """Return condition()'s first truthy value; exceptions count as "not yet". Raise FixtureError
-    after `timeout` seconds, with the last exception and `details()`."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = condition()
-        except FixtureError:
-            raise
-        except Exception as error:
-            last = error
-        else:
-            if value:
-                return value
-        if time.monotonic() >= deadline:
-            message = f"timed out after {timeout:.1f} s waiting for {what}"
-            if last is not None:
-                message += f"\nlast error: {type(last).__name__}: {last}"
-            if details is not None:
-                message += "\n" + details()
-            raise FixtureError(message)
-        time.sleep(interval)
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of `pid` from /proc (R, S, T = stopped, Z = zombie), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return stat[stat.rindex(b")") + 2:].split()[0].decode()
-
-
-def pid_alive(pid: int) -> bool:
-    return process_state(pid) not in (None, "Z")
-
-
-def _children_of(parent: int) -> set[int]:
-    found = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_bytes()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rindex(b")") + 2:].split()[:2]
-        if state != b"Z" and int(ppid) == parent:
-            found.add(int(entry.name))
-    return found
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:  # in the child, before exec: SIGTERM the master if pytest dies
-    _libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+# in the child, before exec: SIGTERM the master if pytest dies
+_die_with_parent = pdeathsig(signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------------------------- backends
@@ -510,7 +454,7 @@ class HaproxyFixture:
         """The master's live children (current and leaving workers)."""
         if not self.running:
             return set()
-        pids = _children_of(self.pid)
+        pids = children_of(self.pid)
         self.known_pids |= pids
         return pids
 
@@ -543,7 +487,7 @@ class HaproxyFixture:
             return
         workers = self.worker_pids()
         _stop_process(proc, timeout)
-        wait_until(lambda: not any(pid_alive(pid) for pid in workers), timeout=timeout,
+        wait_until(lambda: not any_alive(workers), timeout=timeout,
                    what=f"haproxy workers {sorted(workers)} to exit")
         self.proc = None
         self.identity = None
@@ -613,11 +557,7 @@ class HaproxyFixture:
             connection.close()
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as error:
-            return f"<cannot read {self.log_path}: {error}>"
-        return f"--- last lines of {self.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
+        return titled_log_tail(self.log_path, lines)
 
 
 def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -637,10 +577,8 @@ def _cleanup(backends: Mapping[str, Backend], procs: Iterable[subprocess.Popen[b
              keep_dir: bool) -> None:
     for proc in procs:
         _stop_process(proc, 10.0)
-    for pid in pids:  # workers of a master that had to be killed: only PIDs this fixture saw
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    # workers of a master that had to be killed: only PIDs this fixture saw
+    signal_pids(any_alive(pids), signal.SIGKILL)
     for backend in backends.values():
         with contextlib.suppress(Exception):
             backend.stop()

@@ -43,6 +43,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import BinaryIO
 
+from .processes import children_of, pdeathsig
+from .processes import free_port as free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF_DIR = REPO_ROOT / "conf" / "nginx"
 SNIPPET = NGINX_CONF_DIR / "pretix-maintenance.conf"
@@ -60,13 +63,6 @@ HOST = "127.0.0.1"
 
 def nginx_available() -> bool:
     return os.access(NGINX_BIN, os.X_OK)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(
@@ -304,14 +300,10 @@ def make_world_readable_tempdir(prefix: str) -> Path:
     return workdir
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM nginx (a fast shutdown that also ends
-    its workers) if the process that started it dies, e.g. a SIGKILLed pytest.
-    The signal is tied to the starting *thread*: start nginx from the main thread."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+# In the child before exec: SIGTERM nginx (a fast shutdown that also ends
+# its workers) if the process that started it dies, e.g. a SIGKILLed pytest.
+# The signal is tied to the starting *thread*: start nginx from the main thread.
+_die_with_parent = pdeathsig(signal.SIGTERM)
 
 
 class NginxProcess:
@@ -367,21 +359,8 @@ class NginxProcess:
         return self.proc.pid
 
     def worker_pids(self) -> set[int]:
-        """PIDs of the master's children (workers), from /proc."""
-        master = self.pid
-        pids = set()
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            # "pid (comm) state ppid ...": comm may contain spaces, split after ")".
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == master:
-                pids.add(int(entry.name))
-        return pids
+        """PIDs of the master's live children (workers), from /proc."""
+        return children_of(self.pid)
 
     def reload(self, timeout: float = 10.0) -> None:
         """Like ``nginx -s reload``: SIGHUP to our master, which re-reads the

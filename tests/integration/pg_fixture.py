@@ -59,23 +59,31 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from . import processes
+from .processes import FixtureError as FixtureError
+from .processes import Resources, die_with_parent, signal_pids, titled_log_tail
+from .processes import any_alive as any_alive
+from .processes import free_port as free_port
+from .processes import log_tail as log_tail
+from .processes import pid_alive as pid_alive
+from .processes import process_state as process_state
+from .processes import wait_stopped as wait_stopped
 
 PG_BINDIR = Path(os.environ.get("PRETIX_AGENT_TEST_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "postgres"
@@ -124,10 +132,6 @@ T = TypeVar("T")
 Query = str | sql.SQL | sql.Composed
 
 
-class FixtureError(RuntimeError):
-    """A fixture could not reach the state it was asked for (message includes the server log tail)."""
-
-
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -144,21 +148,6 @@ def pg_unavailable_reason() -> str | None:
     return None
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if it got taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def log_tail(path: Path | str, lines: int = 30) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def wait_until(
     predicate: Callable[[], T],
     *,
@@ -167,31 +156,9 @@ def wait_until(
     details: Callable[[], str] | None = None,
     interval: float = 0.05,
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that, or raise FixtureError.
-
-    Exceptions from the predicate count as "not yet" (the last one is reported). ``details`` is
-    called on timeout for extra context (e.g. the tail of a server log).
-    """
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-        except FixtureError:
-            raise
-        except Exception as exc:
-            last_exc = exc
-        else:
-            if result:
-                return result
-        if time.monotonic() >= deadline:
-            msg = f"timed out after {timeout:.1f}s waiting for {what}"
-            if last_exc is not None:
-                msg += f"\nlast error: {type(last_exc).__name__}: {last_exc}"
-            if details is not None:
-                msg += "\n" + details()
-            raise FixtureError(msg)
-        time.sleep(interval)
+    """``processes.wait_until``, polling every 50 ms by default rather than 20 ms: the predicates here
+    mostly open a new PostgreSQL connection each time."""
+    return processes.wait_until(predicate, timeout=timeout, what=what, details=details, interval=interval)
 
 
 def _postgres_pids(postmaster_pid: int | None, cluster_name: str) -> set[int]:
@@ -221,51 +188,6 @@ def _postgres_pids(postmaster_pid: int | None, cluster_name: str) -> set[int]:
         except (OSError, ValueError):
             continue  # exited meanwhile
     return found
-
-
-def _signal_pids(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def process_state(pid: int) -> str | None:
-    """State letter of ``pid`` from /proc (R, S, D, T = stopped, Z = zombie, ...), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    return process_state(pid) not in (None, "Z")
-
-
-def any_alive(pids: Iterable[int]) -> set[int]:
-    """The subset of ``pids`` that still exist (non-zombie)."""
-    return {pid for pid in pids if pid_alive(pid)}
-
-
-def wait_stopped(pids: Iterable[int], timeout: float = 5.0) -> None:
-    """Wait until every one of ``pids`` is really stopped (SIGSTOP is delivered asynchronously)."""
-    pids = set(pids)
-    wait_until(
-        lambda: all(process_state(pid) in ("T", "Z", None) for pid in pids),
-        timeout=timeout,
-        what=f"processes {sorted(pids)} to be stopped",
-        interval=0.005,
-    )
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec (after setuid)
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class _RunAs:
@@ -304,7 +226,7 @@ def _run(args: list[str], what: str, run_as: _RunAs | None, timeout: float, cwd:
         capture_output=True,
         cwd=cwd or "/",
         timeout=timeout,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
         **(run_as.popen_kwargs() if run_as else {}),
     )
     if proc.returncode != 0:
@@ -402,7 +324,7 @@ class PgServer:
         return pids
 
     def log_tail(self, lines: int = 30) -> str:
-        return f"--- last lines of {self.log_path} ---\n{log_tail(self.log_path, lines)}"
+        return titled_log_tail(self.log_path, lines)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "not running"
@@ -484,7 +406,7 @@ class PgServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.datadir.parent,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 **self._run_as.popen_kwargs(),
             )
         self._stopped.clear()
@@ -511,13 +433,13 @@ class PgServer:
         wait_stopped([self.pid])
         if all_processes:
             while todo := self.pids() - self._stopped:  # repeat: a fork may have been in flight
-                _signal_pids(todo, signal.SIGSTOP)
+                signal_pids(todo, signal.SIGSTOP)
                 self._stopped |= todo
             wait_stopped(self._stopped)
 
     def sigcont(self) -> None:
         """SIGCONT every process of the server (harmless if none is stopped)."""
-        _signal_pids(self.pids() | self._stopped, signal.SIGCONT)
+        signal_pids(self.pids() | self._stopped, signal.SIGCONT)
         self._stopped.clear()
 
     def kill(self, timeout: float = 10.0) -> None:
@@ -527,7 +449,7 @@ class PgServer:
         if self._proc.poll() is None:
             self.pids()
             os.kill(self._proc.pid, signal.SIGSTOP)  # no new forks while we collect the children
-            _signal_pids(self.pids() | {self._proc.pid}, signal.SIGKILL)
+            signal_pids(self.pids() | {self._proc.pid}, signal.SIGKILL)
             self._proc.wait(timeout)
         self._stopped.clear()
         self._reap_children(timeout)
@@ -554,40 +476,15 @@ class PgServer:
         """After the postmaster is gone: wait for its children to exit (they do on postmaster death),
         SIGKILL whatever is left after ``timeout``."""
         assert self._proc is not None and self._proc.poll() is not None
-        _signal_pids(self.pids(), signal.SIGCONT)  # a stopped child cannot notice postmaster death
+        signal_pids(self.pids(), signal.SIGCONT)  # a stopped child cannot notice postmaster death
         try:
             wait_until(lambda: not self.pids(), timeout=timeout, what=f"the processes of {self.name} to exit")
         except FixtureError:
-            _signal_pids(self.pids(), signal.SIGKILL)
+            signal_pids(self.pids(), signal.SIGKILL)
             wait_until(lambda: not self.pids(), timeout=5, what=f"the processes of {self.name} to die")
 
 
 # --------------------------------------------------------------------------------------------- cluster
-
-
-class _Resources:
-    """What a cluster must clean up; separate from the cluster so weakref.finalize can own it."""
-
-    def __init__(self) -> None:
-        self.servers: list[PgServer] = []  # in start order: primary first
-        self.base_dir: Path | None = None
-        self.keep_dir = False
-
-    def close(self) -> None:
-        errors: list[str] = []
-        for server in self.servers:  # nothing may stay stopped: a stopped replica blocks the
-            with contextlib.suppress(Exception):  # primary's shutdown (walsender waits for it)
-                if server.running:
-                    server.sigcont()
-        for server in reversed(self.servers):  # replica first, then primary
-            try:
-                server.stop()
-            except Exception as exc:  # keep going: the other server must be stopped too
-                errors.append(f"{server.name}: {exc!r}")
-        if self.base_dir is not None and not self.keep_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-        if errors:
-            raise FixtureError("cleanup problems: " + "; ".join(errors))
 
 
 class PgReplicationCluster:
@@ -610,7 +507,7 @@ class PgReplicationCluster:
         self.agent_password = AGENT_PASSWORD
         self.timings: dict[str, float] = {}
         self._run_as = _RunAs()
-        self._res = _Resources()
+        self._res: Resources[PgServer] = Resources()  # primary first, then replica
         # keep the temp dir (data, logs) after close: keep_dir=True or PRETIX_AGENT_KEEP_FIXTURES=1
         self._res.keep_dir = bool(os.environ.get("PRETIX_AGENT_KEEP_FIXTURES")) if keep_dir is None else keep_dir
         self._finalizer = weakref.finalize(self, self._res.close)

@@ -44,22 +44,29 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
+
+from .processes import FixtureError as FixtureError
+from .processes import Resources, children_of, die_with_parent, signal_pids, titled_log_tail
+from .processes import any_alive as any_alive
+from .processes import free_port as free_port
+from .processes import log_tail as log_tail
+from .processes import pid_alive as pid_alive
+from .processes import process_state as process_state
+from .processes import wait_stopped as wait_stopped
+from .processes import wait_until as wait_until
 
 REDIS_SERVER = os.environ.get("PRETIX_AGENT_TEST_REDIS_SERVER", "/usr/bin/redis-server")
 DEFAULT_TIMEOUT = 20.0
@@ -84,116 +91,12 @@ COMMON_CONFIG: dict[str, str] = {
     "maxmemory-policy": "noeviction",
 }
 
-T = TypeVar("T")
-
-
-class FixtureError(RuntimeError):
-    """A fixture could not reach the state it was asked for (message includes the server log tail)."""
-
 
 def redis_unavailable_reason() -> str | None:
     """Why Redis integration tests cannot run here, or None if they can (for pytest.skip)."""
     if not Path(REDIS_SERVER).is_file():
         return f"{REDIS_SERVER} not found (set PRETIX_AGENT_TEST_REDIS_SERVER)"
     return None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if it got taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def log_tail(path: Path | str, lines: int = 30) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    *,
-    timeout: float,
-    what: str,
-    details: Callable[[], str] | None = None,
-    interval: float = 0.02,
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that, or raise FixtureError."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-        except FixtureError:
-            raise
-        except Exception as exc:
-            last_exc = exc
-        else:
-            if result:
-                return result
-        if time.monotonic() >= deadline:
-            msg = f"timed out after {timeout:.1f}s waiting for {what}"
-            if last_exc is not None:
-                msg += f"\nlast error: {type(last_exc).__name__}: {last_exc}"
-            if details is not None:
-                msg += "\n" + details()
-            raise FixtureError(msg)
-        time.sleep(interval)
-
-
-def process_state(pid: int) -> str | None:
-    """State letter of ``pid`` from /proc (R, S, D, T = stopped, Z = zombie, ...), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    return process_state(pid) not in (None, "Z")
-
-
-def wait_stopped(pids: Iterable[int], timeout: float = 5.0) -> None:
-    """Wait until every one of ``pids`` is really stopped (SIGSTOP is delivered asynchronously)."""
-    pids = set(pids)
-    wait_until(
-        lambda: all(process_state(pid) in ("T", "Z", None) for pid in pids),
-        timeout=timeout,
-        what=f"processes {sorted(pids)} to be stopped",
-        interval=0.005,
-    )
-
-
-def any_alive(pids: Iterable[int]) -> set[int]:
-    return {pid for pid in pids if pid_alive(pid)}
-
-
-def _children_of(ppid: int) -> set[int]:
-    found: set[int] = set()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            state, parent = stat[stat.rindex(b")") + 2 :].split()[:2]
-            if state != b"Z" and int(parent) == ppid:
-                found.add(int(entry.name))
-    return found
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:  # in the child between fork and exec: PR_SET_PDEATHSIG = SIGKILL
-    _libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -227,7 +130,7 @@ class RedisServer:
         if not self.running:
             return set()
         assert self._proc is not None
-        pids = {self._proc.pid} | _children_of(self._proc.pid)
+        pids = {self._proc.pid} | children_of(self._proc.pid)
         self.known_pids |= pids
         return pids
 
@@ -253,7 +156,7 @@ class RedisServer:
             return c.info(section)
 
     def log_tail(self, lines: int = 30) -> str:
-        return f"--- last lines of {self.log_path} ---\n{log_tail(self.log_path, lines)}"
+        return titled_log_tail(self.log_path, lines)
 
     def __repr__(self) -> str:
         return f"<RedisServer {self.name} port={self.port} pid={self._proc.pid if self._proc else None}>"
@@ -292,7 +195,7 @@ class RedisServer:
                     stderr=subprocess.STDOUT,
                     cwd=self.dir,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             self.known_pids.add(self._proc.pid)
 
@@ -326,9 +229,7 @@ class RedisServer:
             return
         assert self._proc is not None
         pids = self.pids()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        signal_pids(pids, signal.SIGKILL)
         self._proc.wait(timeout)
         wait_until(lambda: not any_alive(pids), timeout=timeout, what=f"{self.name} processes to die")
 
@@ -348,31 +249,10 @@ class RedisServer:
         leftovers = any_alive(pids - {self._proc.pid})  # an RDB fork exits when its parent is gone
         with contextlib.suppress(FixtureError):
             wait_until(lambda: not any_alive(leftovers), timeout=5, what="redis forks to exit")
-        for pid in any_alive(leftovers):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        signal_pids(any_alive(leftovers), signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------------------ pair
-
-
-class _Resources:
-    def __init__(self) -> None:
-        self.servers: list[RedisServer] = []
-        self.base_dir: Path | None = None
-        self.keep_dir = False
-
-    def close(self) -> None:
-        errors: list[str] = []
-        for server in reversed(self.servers):
-            try:
-                server.stop()
-            except Exception as exc:
-                errors.append(f"{server.name}: {exc!r}")
-        if self.base_dir is not None and not self.keep_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-        if errors:
-            raise FixtureError("cleanup problems: " + "; ".join(errors))
 
 
 class RedisReplicationPair:
@@ -392,7 +272,7 @@ class RedisReplicationPair:
         self.with_replica = with_replica
         self.timeout = timeout
         self.timings: dict[str, float] = {}
-        self._res = _Resources()
+        self._res: Resources[RedisServer] = Resources()  # master first, then replica
         # keep the temp dir (data, logs) after close: keep_dir=True or PRETIX_AGENT_KEEP_FIXTURES=1
         self._res.keep_dir = bool(os.environ.get("PRETIX_AGENT_KEEP_FIXTURES")) if keep_dir is None else keep_dir
         self._finalizer = weakref.finalize(self, self._res.close)

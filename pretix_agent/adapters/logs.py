@@ -99,6 +99,23 @@ def render_journal(_logger: Any, method: str, event: dict[str, Any]) -> str:
     return f"<{PRIORITIES.get(method, 6)}>{name}" + (f" {rest}" if rest else "")
 
 
+class NativeJournal:
+    """Final processor: send the event with its fields over journald's native protocol; if that
+    fails, fall back to the `<N>`-prefixed line on the stream."""
+
+    def __init__(self, sender: Any):
+        self.sender = sender
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        name = _event_name(event.get("event", ""))
+        fields = {k: v for k, v in event.items() if k not in ("event", "level", "timestamp")}
+        line = render_journal(logger, method, event)
+        message = line[line.index(">") + 1:]
+        if self.sender.send(message, PRIORITIES.get(method, 6), name, fields):
+            raise structlog.DropEvent
+        return line
+
+
 def render_console(_logger: Any, method: str, event: dict[str, Any]) -> str:
     name = _event_name(event.pop("event", ""))
     event.pop("level", None)
@@ -125,15 +142,22 @@ def under_journald(stream: TextIO) -> bool:
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
-              tee: Any = None) -> str:
+              tee: Any = None, native_journal: bool = True) -> str:
     """Set up structlog for the whole process; return the format chosen ("journal", ...).
 
     `tee` is a processor that gets a copy of every event after redaction (the Loki shipper's
-    in-memory queue when there is no journal to ship from)."""
+    in-memory queue when there is no journal to ship from). With the journal format and journald's
+    socket present, events go over the native protocol with their fields (`native_journal`)."""
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "journal" if under_journald(stream) else "console"
-    renderer = {"journal": render_journal, "console": render_console, "json": render_json}[fmt]
+    renderer: Any = {"journal": render_journal, "console": render_console, "json": render_json}[fmt]
+    if fmt == "journal" and native_journal:
+        from .journal import JournalSender
+
+        sender = JournalSender()
+        if sender.available():
+            renderer = NativeJournal(sender)
     processors: list[Any] = [structlog.processors.format_exc_info, redact]
     if tee is not None:
         processors.append(tee)

@@ -100,6 +100,7 @@ class LokiShipper:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._flush_deadline = float("inf")
+        self._send_now = threading.Event()  # flush(): send the batch without waiting out batch_wait
         self._lock = threading.Lock()
         # The batch being filled, the batch in flight, and the one line that did not fit the last batch.
         self._batch: list[Entry] = []
@@ -150,7 +151,9 @@ class LokiShipper:
         within `batch_wait`); return True if nothing is left. Before a shutdown, so the last lines
         (the drain) reach Loki; under the journal nothing is lost either way."""
         deadline = time.monotonic() + timeout
+        self._send_now.set()
         self._wake.set()
+        self.source.wakeup()
         while time.monotonic() < deadline:
             with self._lock:
                 if not (self._inflight or self._batch or self._carry):
@@ -252,14 +255,17 @@ class LokiShipper:
         if self._carry is not None and not self._batch:
             self._add([self._carry])
             self._carry = None
+        send_now = self._send_now.is_set()
         if self._carry is None and self._batch_bytes < self.section.batch_size:
-            wait = HEARTBEAT_EVERY
+            wait = 0.0 if send_now else HEARTBEAT_EVERY
             if self._batch:
                 wait = min(wait, self._batch_started + self.section.batch_wait - time.monotonic())
             self._add(self.source.read(self.section.batch_size - self._batch_bytes, max(0.0, wait)))
-        if self._batch and (self._carry is not None or self._batch_bytes >= self.section.batch_size
+        if self._batch and (send_now or self._carry is not None or self._batch_bytes >= self.section.batch_size
                             or time.monotonic() >= self._batch_started + self.section.batch_wait):
             self._deliver()
+        elif send_now and not self._batch:
+            self._send_now.clear()  # nothing left to hurry
         return True
 
     def _flush_step(self) -> bool:

@@ -326,6 +326,28 @@ def show_status(config: config_module.Config, as_json: bool) -> int:
         values = " ".join(f"{k}={_short(v)}" for k, v in (check.get("values") or {}).items())
         print(f"check {name}: {check.get('state')} ({check.get('type')}) {check.get('reason') or ''}"
               + (f" [{values}]" if values else ""))
+    haproxy = document.get("haproxy")
+    if haproxy is not None:
+        if not haproxy.get("reachable", False):
+            print(f"haproxy:     UNREACHABLE at {haproxy.get('socket')}: {haproxy.get('error')}")
+        for server in haproxy.get("servers") or []:
+            actual, desired = server.get("actual"), server.get("desired")
+            state = actual if actual == desired else f"{actual} (desired {desired})"
+            print(f"haproxy {server.get('backend')}/{server.get('server')}: {state}: {server.get('why')}")
+    agent_check = document.get("agent_check")
+    if agent_check is not None:
+        answer = agent_check.get("answer")
+        print(f"agent-check: {agent_check.get('listen')} answers "
+              + (repr(answer.strip()) if answer else "nothing yet (checks undecided: haproxy keeps its state)"))
+    loki = document.get("loki")
+    if loki is not None:
+        line = f"loki:        {loki.get('state')} ({loki.get('source')}), last success {loki.get('last_success_at')}"
+        if loki.get("last_error"):
+            line += f", last error: {loki['last_error']}"
+        drops = {k: v for k, v in (loki.get("drops") or {}).items() if v}
+        if drops:
+            line += ", dropped " + ", ".join(f"{k}={v}" for k, v in drops.items())
+        print(line)
     print(f"decision:    {document.get('sentence')}")
     return code
 

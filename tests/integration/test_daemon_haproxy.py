@@ -167,3 +167,14 @@ def test_a_planned_drain_under_load_loses_no_request(agent_factory, hx):
     failed = [r for r in results if r != 200]
     assert failed == [], failed[:5]
     assert len(results) > 400
+
+
+def test_ctl_status_shows_haproxy_servers_desired_against_actual(agent_factory, hx):
+    agent = agent_factory(agent_config(hx))
+    agent.wait_status(lambda d: all(c["state"] == "passing" for c in d["checks"].values()))
+    hx.backends["app1"].kill()
+    agent.wait_status(lambda d: "pretix/app1" in d["haproxy"].get("taken_out", []))
+    shown = ctl(agent.config, "status")
+    assert "haproxy pretix/app1: maint: web-app1: connection refused" in shown.stdout, shown.stdout
+    assert "haproxy pretix/app2: ready: gating checks pass" in shown.stdout
+    assert shown.returncode == 1  # a check is failing

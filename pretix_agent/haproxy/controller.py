@@ -28,7 +28,7 @@ from ..checks.health import CheckState
 from ..config import HaproxySection
 from ..errors import FileWriteError
 from ..events import Event
-from .decide import Actual, Decision, Memory, decide, remember
+from .decide import Actual, Decision, Memory, SetState, decide, remember
 from .runtime import RuntimeApi, RuntimeApiError, ServerState
 
 MEMORY_FILE = "haproxy.json"
@@ -116,12 +116,17 @@ class HaproxyController:
         self._identity = identity
         now = time.monotonic()
         decision = decide(self.section, checks, actual_from(states), self.memory, now, drain)
-        applied, failures = [], []
-        for action in decision.actions:
-            try:
-                self.api.set_server_state(action.backend, action.server, action.state)
-            except RuntimeApiError as error:
-                failures.append(str(error))
+        applied: list[SetState] = []
+        failures: list[str] = []
+        outcomes: list[RuntimeApiError | None]
+        try:
+            # One exchange for every change: 1,000 servers stay one round trip, not a thousand.
+            outcomes = self.api.set_server_states([(a.backend, a.server, a.state) for a in decision.actions])
+        except RuntimeApiError as exchange_failed:
+            outcomes = [exchange_failed] * len(decision.actions)
+        for action, refused in zip(decision.actions, outcomes, strict=True):
+            if refused is not None:
+                failures.append(str(refused))
                 continue
             applied.append(action)
             self.log_event(Event("haproxy.server_state_changed", "warning" if action.state != "ready" else "info", {

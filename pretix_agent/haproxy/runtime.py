@@ -21,7 +21,7 @@ import csv
 import io
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -491,6 +491,25 @@ class RuntimeApi:
         output = self.command(command)
         if output.strip():
             raise RuntimeApiError(f"haproxy refused {command!r}: {output.strip().splitlines()[0]}", "rejected")
+
+    def set_server_states(self, changes: Sequence[tuple[str, str, str]]) -> list[RuntimeApiError | None]:
+        """Set many servers' admin states in one exchange; return, per change, None or why it failed.
+
+        Raise RuntimeApiError only when the exchange itself fails (then nothing is known to be set).
+        """
+        commands = []
+        for backend, server, state in changes:
+            if state not in ADMIN_STATES:
+                raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, not {state!r}")
+            commands.append(f"set server {_check_name(backend, 'backend')}/{_check_name(server, 'server')} "
+                            f"state {state}")
+        results: list[RuntimeApiError | None] = []
+        for command, output in zip(commands, self.execute(*commands), strict=True):
+            error = refusal(command, output)
+            if error is None and output.strip():
+                error = RuntimeApiError(f"haproxy refused {command!r}: {output.strip().splitlines()[0]}", "rejected")
+            results.append(error)
+        return results
 
     def save_server_state(self, path: Path) -> str:
         """Write `show servers state` to `path` atomically (haproxy's `server-state-file`) and

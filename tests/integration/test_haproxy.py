@@ -390,3 +390,13 @@ def test_the_example_haproxy_config_retries_only_failed_connections():
     text = EXAMPLE_CONFIG.read_text()
     assert re.search(r"stats socket \S+ mode 660 level admin", text)
     assert "agent-check agent-port 8999" in text and "weight 100" in text
+
+
+def test_many_server_states_are_set_in_one_exchange_with_a_result_each(fresh):
+    api = fresh.runtime()
+    results = api.set_server_states([("pretix", "app1", "maint"), ("pretix", "nosuch", "drain"),
+                                     ("pretix", "app2", "drain")])
+    assert results[0] is None and results[2] is None
+    assert results[1] is not None and results[1].kind == "unknown_server"
+    assert (fresh.server_admin("pretix", "app1"), fresh.server_admin("pretix", "app2")) == ("maint", "drain")
+    assert api.set_server_states([]) == []

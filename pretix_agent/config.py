@@ -288,9 +288,8 @@ SCHEMA = Table("", {
                          "Directory for the daemon's durable state (systemd's StateDirectory=); the "
                          "default parent of the maintenance files."),
         "shutdown_drain_time": Key(parse_duration, 4.0, "At shutdown, how long this node is drained (agent-check "
-                                   "answers drain, local haproxy servers drain) before logind may go on, the "
-                                   "last second of it flushing the logs; keep it below logind's "
-                                   "InhibitDelayMaxSec."),
+                                   "answers drain, local haproxy servers drain) before logind may go on; keep it "
+                                   "below logind's InhibitDelayMaxSec."),
         "reconcile_interval": Key(parse_duration, 5.0, "Backstop: the longest time between two full "
                                   "evaluations when nothing happens."),
     }),

@@ -363,9 +363,11 @@ class Daemon:
         if shutting_down:
             # Not the drain file: a drain for a reboot must not outlive it, or the node came back drained.
             self.shutdown_drain = "system shutdown"
-            # The log flush at the release is part of the drain time, not added to it: logind
-            # waits at most InhibitDelayMaxSec for the whole of it.
-            self.shutdown_release_at = time.monotonic() + max(0.0, self.config.agent.shutdown_drain_time - 1.0)
+            self.shutdown_release_at = time.monotonic() + self.config.agent.shutdown_drain_time
+            # The logs of the drain go out within it, not after it: logind waits at most
+            # InhibitDelayMaxSec for the whole hold.
+            if self.shipper is not None:
+                self.shipper.request_flush()
             self.log.warning("shutdown_drain.started", seconds=self.config.agent.shutdown_drain_time)
         else:
             self.shutdown_drain = None
@@ -375,7 +377,7 @@ class Daemon:
     def _release_for_shutdown(self) -> None:
         self.shutdown_release_at = None
         if self.shipper is not None:
-            self.shipper.flush(timeout=1.0)
+            self.shipper.request_flush()
         # Logged before the lock goes, so the journal reads in cause-and-effect order.
         self.log.info("shutdown_drain.released", detail="drained; logind may go on with the shutdown")
         if self.inhibitor is not None:

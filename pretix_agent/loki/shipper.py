@@ -100,7 +100,7 @@ class LokiShipper:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._flush_deadline = float("inf")
-        self._send_now = threading.Event()  # flush(): send the batch without waiting out batch_wait
+        self._send_now = threading.Event()  # request_flush(): send without waiting out batch_wait
         self._lock = threading.Lock()
         # The batch being filled, the batch in flight, and the one line that did not fit the last batch.
         self._batch: list[Entry] = []
@@ -146,20 +146,12 @@ class LokiShipper:
             self._thread.join(2 * HEARTBEAT_EVERY)
         return not self._thread.is_alive()
 
-    def flush(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for what is buffered now to be accepted (the batch goes out
-        within `batch_wait`); return True if nothing is left. Before a shutdown, so the last lines
-        (the drain) reach Loki; under the journal nothing is lost either way."""
-        deadline = time.monotonic() + timeout
+    def request_flush(self) -> None:
+        """Send what is buffered now without waiting out `batch_wait` (before a shutdown, so the
+        drain's lines reach Loki; under the journal nothing is lost either way). Never blocks."""
         self._send_now.set()
         self._wake.set()
         self.source.wakeup()
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not (self._inflight or self._batch or self._carry):
-                    return True
-            time.sleep(0.02)  # bounded wait for the shipper's own thread; never on the main loop's hot path
-        return False
 
     def alive(self) -> bool:
         """True while the shipper's thread runs (it survives its own errors; this is False only

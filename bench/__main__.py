@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import checks, dbus, haproxy, idle, maintenance
+from . import checks, dbus, haproxy, idle, loki, maintenance
 
 BENCHMARKS = {
     "idle": lambda quick: idle.run(seconds=5.0 if quick else 30.0),
@@ -18,6 +18,7 @@ BENCHMARKS = {
                                                  baseline_trials=10 if quick else 200),
     "checks": checks.run,
     "dbus": lambda quick: dbus.run(quick),
+    "loki": loki.run,
     "haproxy": haproxy.run,
 }
 

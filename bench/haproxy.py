@@ -25,6 +25,7 @@ reconcile cycle costs on a large farm.
 from __future__ import annotations
 
 import collections
+import http.client
 import random
 import tempfile
 import threading
@@ -198,7 +199,7 @@ def _load_trial(variant: Variant) -> dict:
             started = time.monotonic()
             try:
                 outcome = str(hx.request("/", timeout=5.0).status)
-            except OSError as error:
+            except (OSError, http.client.HTTPException) as error:  # a body cut short is a failure too
                 outcome = type(error).__name__
             results.append((started, time.monotonic() - started, outcome))
 

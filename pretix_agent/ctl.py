@@ -137,17 +137,11 @@ def lock(config: config_module.Config, reason: str | None, timeout: float) -> in
         seen = state.get("lock") or {}
         return bool(state.get("on")) and bool(seen.get("present")) and (not lock_id or seen.get("id") == lock_id)
 
-    outcome = _wait_for_daemon(config, applied, timeout)
-    if outcome is None:
-        print("maintenance is on (the marker exists); the daemon is not running, so nothing else "
-              "watches it until it starts")
-        return EXIT_OK
-    if not isinstance(outcome, dict):
-        print(f"maintenance is on (the marker exists) but the daemon did not confirm within {timeout:g} s",
-              file=sys.stderr)
-        return EXIT_FAILING
-    print(_maintenance_line(outcome))
-    return EXIT_OK
+    # Maintenance is on either way (the marker exists): a daemon that is down is no failure here.
+    return _confirm(config, applied, timeout, _maintenance_line, EXIT_OK,
+                    "maintenance is on (the marker exists); the daemon is not running, so nothing else "
+                    "watches it until it starts",
+                    f"maintenance is on (the marker exists) but the daemon did not confirm within {timeout:g} s")
 
 
 def unlock(config: config_module.Config, timeout: float) -> int:
@@ -164,16 +158,10 @@ def unlock(config: config_module.Config, timeout: float) -> int:
         return float(document.get("written_at_unix", 0)) >= started and not seen.get("present", True) and bool(
             state.get("applied"))
 
-    outcome = _wait_for_daemon(config, applied, timeout)
-    if outcome is None:
-        marker = "the marker stays" if files.read_small(section.marker).present else "no marker exists"
-        print(f"the daemon is not running: {marker} until it runs and applies the schedule", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    if not isinstance(outcome, dict):
-        print(f"the daemon did not confirm within {timeout:g} s", file=sys.stderr)
-        return EXIT_FAILING
-    print(_maintenance_line(outcome))
-    return EXIT_OK
+    marker = "the marker stays" if files.read_small(section.marker).present else "no marker exists"
+    return _confirm(config, applied, timeout, _maintenance_line, EXIT_NOT_RUNNING,
+                    f"the daemon is not running: {marker} until it runs and applies the schedule",
+                    f"the daemon did not confirm within {timeout:g} s")
 
 
 def drain(config: config_module.Config, reason: str | None, timeout: float) -> int:
@@ -193,15 +181,9 @@ def drain(config: config_module.Config, reason: str | None, timeout: float) -> i
         seen = document.get("drain") or {}
         return bool(seen.get("present")) and (not drain_id or seen.get("id") == drain_id)
 
-    outcome = _wait_for_daemon(config, applied, timeout)
-    if outcome is None:
-        print("the daemon is not running: the drain takes effect when it starts", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    if not isinstance(outcome, dict):
-        print(f"the daemon did not confirm the drain within {timeout:g} s", file=sys.stderr)
-        return EXIT_FAILING
-    print(_drain_line(outcome))
-    return EXIT_OK
+    return _confirm(config, applied, timeout, _drain_line, EXIT_NOT_RUNNING,
+                    "the daemon is not running: the drain takes effect when it starts",
+                    f"the daemon did not confirm the drain within {timeout:g} s")
 
 
 def ready(config: config_module.Config, timeout: float) -> int:
@@ -213,15 +195,9 @@ def ready(config: config_module.Config, timeout: float) -> int:
         return float(document.get("written_at_unix", 0)) >= started and not (document.get("drain") or {}).get(
             "present", True)
 
-    outcome = _wait_for_daemon(config, applied, timeout)
-    if outcome is None:
-        print("the daemon is not running: this node is taken back when it starts", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    if not isinstance(outcome, dict):
-        print(f"the daemon did not confirm within {timeout:g} s", file=sys.stderr)
-        return EXIT_FAILING
-    print(_drain_line(outcome))
-    return EXIT_OK
+    return _confirm(config, applied, timeout, _drain_line, EXIT_NOT_RUNNING,
+                    "the daemon is not running: this node is taken back when it starts",
+                    f"the daemon did not confirm within {timeout:g} s")
 
 
 def _drain_line(document: dict[str, Any]) -> str:
@@ -229,6 +205,20 @@ def _drain_line(document: dict[str, Any]) -> str:
     answer = (document.get("agent_check") or {}).get("answer")
     line = "this node is DRAINING" if seen.get("present") else "this node is ready"
     return line + (f"; agent-check answers {answer.strip()!r}" if answer else "")
+
+
+def _confirm(config: config_module.Config, applied: Any, timeout: float, describe: Any, down_code: int,
+             down: str, late: str) -> int:
+    """Wait for the daemon to show `applied`; print what is now true (or why it is not known)."""
+    outcome = _wait_for_daemon(config, applied, timeout)
+    if outcome is None:
+        print(down, file=sys.stdout if down_code == EXIT_OK else sys.stderr)
+        return down_code
+    if not isinstance(outcome, dict):
+        print(late, file=sys.stderr)
+        return EXIT_FAILING
+    print(describe(outcome))
+    return EXIT_OK
 
 
 def _wait_for_daemon(config: config_module.Config, applied: Any, timeout: float) -> dict[str, Any] | bool | None:

@@ -180,7 +180,9 @@ def test_window_edges_are_applied_at_the_boundary_by_the_wall_clock_timer(tmp_pa
                 if agent.status()["maintenance"]["on"] == expected:
                     continue  # started after the edge: try again with more lead
                 marker_is(agent, expected, timeout=lead + 5)
-                assert "trigger=boundary" in agent.log()
+                # The daemon logs right after it changed the marker: wait for the line, do not race it.
+                wait_until(lambda: "trigger=boundary" in agent.log(), timeout=5,  # noqa: B023
+                           message=lambda: f"trigger=boundary in the log:\n{agent.log()}")  # noqa: B023
                 break
             finally:
                 agent.stop()

@@ -66,7 +66,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,7 +76,7 @@ from psycopg.conninfo import make_conninfo
 
 from . import processes
 from .processes import FixtureError as FixtureError
-from .processes import Resources, die_with_parent, signal_pids, titled_log_tail
+from .processes import ServerGroup, die_with_parent, signal_pids, titled_log_tail
 from .processes import any_alive as any_alive
 from .processes import free_port as free_port
 from .processes import log_tail as log_tail
@@ -487,7 +486,7 @@ class PgServer:
 # --------------------------------------------------------------------------------------------- cluster
 
 
-class PgReplicationCluster:
+class PgReplicationCluster(ServerGroup[PgServer]):
     """A PostgreSQL primary and (optionally) a streaming hot-standby replica.
 
     ``start()`` (or entering the context manager) creates everything; ``close()`` stops everything and
@@ -507,44 +506,17 @@ class PgReplicationCluster:
         self.agent_password = AGENT_PASSWORD
         self.timings: dict[str, float] = {}
         self._run_as = _RunAs()
-        self._res: Resources[PgServer] = Resources()  # primary first, then replica
-        # keep the temp dir (data, logs) after close: keep_dir=True or PRETIX_AGENT_KEEP_FIXTURES=1
-        self._res.keep_dir = bool(os.environ.get("PRETIX_AGENT_KEEP_FIXTURES")) if keep_dir is None else keep_dir
-        self._finalizer = weakref.finalize(self, self._res.close)
-        self._requested_base = Path(base_dir) if base_dir is not None else None
+        super().__init__(base_dir, keep_dir)  # servers: primary first, then replica
         self.primary: PgServer
         self.replica: PgServer | None = None
         self._original_conninfo: str | None = None
-        self._started = False
 
-    # -- context manager
     def __enter__(self) -> PgReplicationCluster:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop all servers (SIGCONT first, replica before primary) and remove the temp dir. Idempotent."""
-        self._finalizer()
-
-    @property
-    def base_dir(self) -> Path:
-        assert self._res.base_dir is not None
-        return self._res.base_dir
-
-    @property
-    def servers(self) -> list[PgServer]:
-        return list(self._res.servers)
-
     # -- startup
     def start(self) -> PgReplicationCluster:
-        if self._started:
-            raise FixtureError("cluster already started")
-        self._started = True
-        reason = pg_unavailable_reason()
-        if reason:
-            raise FixtureError(reason)
+        self._begin("cluster", pg_unavailable_reason())
         t_total = time.monotonic()
         try:
             self._start_primary()

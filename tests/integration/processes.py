@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
@@ -220,3 +221,44 @@ class Resources(Generic[S]):
             shutil.rmtree(self.base_dir, ignore_errors=True)
         if errors:
             raise FixtureError("cleanup problems: " + "; ".join(errors))
+
+
+class ServerGroup(Generic[S]):
+    """The lifecycle a replication fixture shares: its Resources cleaned up by a finalizer (also if
+    the test forgets close()), the temp dir kept on request, use as a context manager, one start.
+
+    Subclasses call `_begin(what, unavailable_reason)` first thing in `start()`, then fill
+    `self._res.base_dir` and `self._res.servers`.
+    """
+
+    def __init__(self, base_dir: str | Path | None, keep_dir: bool | None):
+        self._res: Resources[S] = Resources()
+        # keep the temp dir (data, logs) after close: keep_dir=True or PRETIX_AGENT_KEEP_FIXTURES=1
+        self._res.keep_dir = bool(os.environ.get("PRETIX_AGENT_KEEP_FIXTURES")) if keep_dir is None else keep_dir
+        self._finalizer = weakref.finalize(self, self._res.close)
+        self._requested_base = Path(base_dir) if base_dir is not None else None
+        self._started = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every server (SIGCONT first, replicas before their primary), remove the temp dir.
+        Idempotent."""
+        self._finalizer()
+
+    @property
+    def base_dir(self) -> Path:
+        assert self._res.base_dir is not None
+        return self._res.base_dir
+
+    @property
+    def servers(self) -> list[S]:
+        return list(self._res.servers)
+
+    def _begin(self, what: str, unavailable_reason: str | None) -> None:
+        if self._started:
+            raise FixtureError(f"{what} already started")
+        self._started = True
+        if unavailable_reason:
+            raise FixtureError(unavailable_reason)

@@ -51,7 +51,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ from typing import Any
 import redis
 
 from .processes import FixtureError as FixtureError
-from .processes import Resources, children_of, die_with_parent, signal_pids, titled_log_tail
+from .processes import ServerGroup, children_of, die_with_parent, signal_pids, titled_log_tail
 from .processes import any_alive as any_alive
 from .processes import free_port as free_port
 from .processes import log_tail as log_tail
@@ -255,7 +254,7 @@ class RedisServer:
 # ------------------------------------------------------------------------------------------------ pair
 
 
-class RedisReplicationPair:
+class RedisReplicationPair(ServerGroup[RedisServer]):
     """A Redis master and (optionally) a read-only replica of it, replicating.
 
     ``start()`` / the context manager start both and wait for ``master_link_status:up``; ``close()``
@@ -272,41 +271,15 @@ class RedisReplicationPair:
         self.with_replica = with_replica
         self.timeout = timeout
         self.timings: dict[str, float] = {}
-        self._res: Resources[RedisServer] = Resources()  # master first, then replica
-        # keep the temp dir (data, logs) after close: keep_dir=True or PRETIX_AGENT_KEEP_FIXTURES=1
-        self._res.keep_dir = bool(os.environ.get("PRETIX_AGENT_KEEP_FIXTURES")) if keep_dir is None else keep_dir
-        self._finalizer = weakref.finalize(self, self._res.close)
-        self._requested_base = Path(base_dir) if base_dir is not None else None
+        super().__init__(base_dir, keep_dir)  # servers: master first, then replica
         self.master: RedisServer
         self.replica: RedisServer | None = None
-        self._started = False
 
     def __enter__(self) -> RedisReplicationPair:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop both servers (SIGCONT first) and remove the temp dir. Idempotent."""
-        self._finalizer()
-
-    @property
-    def base_dir(self) -> Path:
-        assert self._res.base_dir is not None
-        return self._res.base_dir
-
-    @property
-    def servers(self) -> list[RedisServer]:
-        return list(self._res.servers)
-
     def start(self) -> RedisReplicationPair:
-        if self._started:
-            raise FixtureError("pair already started")
-        self._started = True
-        reason = redis_unavailable_reason()
-        if reason:
-            raise FixtureError(reason)
+        self._begin("pair", redis_unavailable_reason())
         t0 = time.monotonic()
         try:
             parent = self._requested_base or os.environ.get("PRETIX_AGENT_TEST_TMPDIR") or "/tmp"

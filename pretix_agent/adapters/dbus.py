@@ -438,6 +438,18 @@ def _connection_for(connection: DBusConnection | None,
     return DBusConnection(on_event=on_event), True
 
 
+def _leave(connection: DBusConnection, detach: Callable[[], Any], owns_connection: bool) -> None:
+    """Undo a user's subscriptions on the D-Bus thread (if it still runs), then stop the connection
+    if the user owns it. A bus that is gone already has nothing left to undo."""
+    if connection.running():
+        try:
+            connection.run(detach)
+        except DBusUnavailable:
+            pass
+    if owns_connection:
+        connection.stop()
+
+
 class UnitWatcher:
     """The ActiveState/SubState of `units`, kept current from systemd's PropertiesChanged signals.
 
@@ -498,13 +510,7 @@ class UnitWatcher:
             raise
 
     def stop(self) -> None:
-        if self.connection.running():
-            try:
-                self.connection.run(self._detach)
-            except DBusUnavailable:
-                pass
-        if self._owns_connection:
-            self.connection.stop()
+        _leave(self.connection, self._detach, self._owns_connection)
 
     def alive(self) -> bool:
         return self.connection.alive()
@@ -782,13 +788,7 @@ class ShutdownInhibitor:
     def stop(self) -> None:
         self._want = False
         self._close()
-        if self.connection.running():
-            try:
-                self.connection.run(self._detach)
-            except DBusUnavailable:
-                pass
-        if self._owns_connection:
-            self.connection.stop()
+        _leave(self.connection, self._detach, self._owns_connection)
 
     def _close(self) -> bool:
         with self._lock:

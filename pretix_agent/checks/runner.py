@@ -39,8 +39,12 @@ class CheckRunner:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the scheduler to end after its current probe (without waiting; see stop)."""
         self._stopped.set()
+
+    def stop(self) -> None:
+        self.request_stop()
         self._thread.join(timeout=self.spec.timeout + ABORT_GRACE + 1)
 
     def _run(self) -> None:

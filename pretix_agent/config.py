@@ -10,10 +10,15 @@ as the configuration reference in the README.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import difflib
+import ipaddress
 import json
+import math
+import os
 import re
 import socket
+import stat
 import sys
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -21,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .display import printable
 from .errors import ConfigError, ConfigProblem
+from .redact import redact_text
 from .schedule import Window, parse_weekly_time
 
 if sys.version_info >= (3, 11):
@@ -43,6 +50,8 @@ def _type_name(value: Any) -> str:
             dict: "a table"}.get(type(value), type(value).__name__)
 
 
+MAX_DURATION = 366 * 86400.0
+MAX_SIZE = 1024**5
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -66,9 +75,13 @@ def parse_duration(value: Any) -> float:
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f'expected a duration such as "2s", "500ms" or "1m30s", got "{value}"')
+        raise ValueError(f'expected a duration such as "2s", "500ms" or "1m30s", got "{_excerpt(value)}"')
     if total <= 0:
         raise ValueError(f'expected a duration greater than zero, got "{value}"')
+    # Every duration ends up added to a clock or passed to select(): a year is more than any of them
+    # means, and far less than what time.time() + it or a timerfd can hold.
+    if not math.isfinite(total) or total > MAX_DURATION:
+        raise ValueError(f'expected a duration of at most 366d, got "{_excerpt(value)}"')
     return total
 
 
@@ -77,21 +90,48 @@ _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
 
 
-def parse_size(value: Any) -> int:
+def parse_size(value: Any, maximum: int | None = None) -> int:
     """Given a byte count (an integer) or "16MiB", "512kB", "1GiB", return bytes as an int.
 
-    Raise ValueError for negative numbers, unknown units or other types.
+    Raise ValueError for negative numbers, unknown units, other types, and sizes above `maximum`
+    (default MAX_SIZE, 1 PiB: more than any disk or WAL backlog this measures).
     """
+    limit = MAX_SIZE if maximum is None else maximum
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise ValueError(f"expected a size of zero or more bytes, got {value}")
+        if value > limit:
+            raise ValueError(f"expected a size of at most {_show_size(limit)}, got {_excerpt(str(value))}")
         return value
     if not isinstance(value, str):
         raise ValueError(f'expected a size such as "16MiB" or a number of bytes, got {_type_name(value)}')
     match = _SIZE_RE.fullmatch(value.strip().lower())
     if not match or match.group(2) not in _SIZE_UNITS:
-        raise ValueError(f'expected a size such as "16MiB", "512kB" or a number of bytes, got "{value}"')
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        raise ValueError(f'expected a size such as "16MiB", "512kB" or a number of bytes, got "{_excerpt(value)}"')
+    size = decimal.Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)]  # exact, however long the number
+    if size > limit:
+        raise ValueError(f'expected a size of at most {_show_size(limit)}, got "{_excerpt(value)}"')
+    return int(size)
+
+
+def _size_at_most(maximum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        return parse_size(value, maximum)
+    convert.kind = f"size (at most {_show_size(maximum)})"  # type: ignore[attr-defined]
+    return convert
+
+
+def _show_size(size: int) -> str:
+    for unit, factor in (("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size} bytes"
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    """A value quoted in an error message: at most `limit` characters, control characters escaped."""
+    shown = printable(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _string(value: Any) -> str:
@@ -174,24 +214,52 @@ def _url(*schemes: str) -> Callable[[Any], str]:
         scheme = text.split("://", 1)[0] if "://" in text else ""
         if scheme not in schemes or not text.split("://", 1)[1]:
             raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, "
-                             f"got \"{_redacted_url(text)}\"")
+                             f"got \"{_excerpt(redact_text(text), 80)}\"")
         return text
     convert.kind = "URL (" + ", ".join(schemes) + ")"  # type: ignore[attr-defined]
     return convert
 
 
-def _redacted_url(text: str) -> str:
-    # Error messages are printed and logged: never echo a password from a DSN or URL.
-    return re.sub(r"(://[^:@/\s]*):[^@/\s]+@", r"\1:***@", text)
+_HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """Given "HOST:PORT" ("127.0.0.1:8080", "[::1]:8080", "app1.example.org:8080"), return the host
+    (without brackets) and the port. Raise ValueError (one sentence) for anything else."""
+    host, colon, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    name = host[1:-1] if bracketed else host
+    if not colon or not name or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f'expected "HOST:PORT" with a port from 1 to 65535, got "{_excerpt(text)}"')
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        if not _HOSTNAME_RE.fullmatch(name):
+            raise ValueError(f'"{_excerpt(name)}" is neither an IP address nor a host name (in "{_excerpt(text)}")'
+                             ) from None
+        return name, int(port)
+    if address.version == 6 and not bracketed:
+        raise ValueError(f'write an IPv6 address in brackets, e.g. "[::1]:{port}", got "{_excerpt(text)}"')
+    return name, int(port)
+
+
+def _listen(value: Any) -> str:
+    text = _string(value)
+    if text:
+        split_host_port(text)
+    return text
 
 
 def _endpoint(value: Any) -> str:
     text = _string(value)
-    if text == "" or text.startswith("/"):
+    if text == "":
         return text
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f'expected a Unix socket path or "HOST:PORT", got "{text}"')
+    if text.startswith("/"):
+        return str(_absolute_path(text))
+    try:
+        split_host_port(text)
+    except ValueError as error:
+        raise ValueError(f'expected a Unix socket path or "HOST:PORT": {error}') from None
     return text
 
 
@@ -218,14 +286,14 @@ def _dsn(value: Any) -> str:
     text = _nonempty_string(value)
     if "://" in text and not text.startswith(("postgresql://", "postgres://")):
         raise ValueError(f'expected a libpq DSN ("host=... dbname=...") or a postgresql:// URL, got '
-                         f'"{_redacted_url(text)}"')
+                         f'"{_excerpt(redact_text(text), 80)}"')
     return text
 
 
 _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
-    _endpoint: "socket path or HOST:PORT", _optional_path: "absolute path", _boolean: "boolean",
+    _endpoint: "socket path or HOST:PORT", _listen: "HOST:PORT", _optional_path: "absolute path", _boolean: "boolean",
     _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL", _unit_list: "array of units",
 }
 
@@ -249,6 +317,13 @@ class Key:
 
 
 REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A default that is a file in `[agent] state_dir`, whatever that is set to."""
+
+    name: str
 # What a key gets whose value was wrong or missing: a problem is already reported for it, and the
 # typed configuration is not built from it. (None is a legitimate default for optional keys.)
 INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "<invalid>"})()
@@ -285,8 +360,9 @@ SCHEMA = Table("", {
         "status_file": Key(_absolute_path, Path("/run/pretix-agent/status.json"),
                            "Where the daemon publishes its status (atomically) for pretix-agentctl."),
         "state_dir": Key(_absolute_path, Path("/var/lib/pretix-agent"),
-                         "Directory for the daemon's durable state (systemd's StateDirectory=); the "
-                         "default parent of the maintenance files."),
+                         "Directory for the daemon's durable state (systemd's StateDirectory=): the drain "
+                         "request, haproxy's memory, the Loki cursor, and by default the maintenance marker "
+                         "and lock."),
         "shutdown_drain_time": Key(parse_duration, 4.0, "At shutdown, how long this node is drained (agent-check "
                                    "answers drain, local haproxy servers drain) before logind may go on; keep it "
                                    "below logind's InhibitDelayMaxSec."),
@@ -300,9 +376,9 @@ SCHEMA = Table("", {
                       "terminal."),
     }),
     "maintenance": Table("Maintenance mode: the marker nginx looks at, the lock, the weekly windows.", {
-        "marker": Key(_absolute_path, Path("/var/lib/pretix-agent/maintenance"),
+        "marker": Key(_absolute_path, Derived("maintenance"),
                       "Exists exactly while maintenance is on; nginx answers 503 while it exists."),
-        "lock": Key(_absolute_path, Path("/var/lib/pretix-agent/maintenance.lock"),
+        "lock": Key(_absolute_path, Derived("maintenance.lock"),
                     "While it exists, maintenance is on (`pretix-agentctl lock`, or `touch`)."),
         "timezone": Key(_timezone, zoneinfo.ZoneInfo("UTC"), "IANA timezone of the windows."),
         "window": TableArray("Weekly windows during which maintenance is on.", Table("", {
@@ -334,7 +410,8 @@ SCHEMA = Table("", {
         })),
     }),
     "agent_check": Table("Answer haproxy's agent-check for this node, so haproxy elsewhere can poll it.", {
-        "listen": Key(_endpoint, "", 'Address to listen on, "HOST:PORT"; empty disables the responder.'),
+        "listen": Key(_listen, "", 'Address to listen on, "HOST:PORT" (an IPv6 address in brackets); empty '
+                      "disables the responder."),
         "checks": Key(_string_list, (), "Checks that must pass for this node to answer `up 100%`."),
         "weight": Key(_integer(0, 256), None, "Weight to announce (a percentage of the weight in haproxy.cfg, "
                       "0..256) while ready; none announces 100%."),
@@ -352,7 +429,8 @@ SCHEMA = Table("", {
         "units": Key(_string_list, (), 'systemd units whose journal lines to ship too, e.g. ["pretix-web.service", '
                      '"pretix-worker.service", "nginx.service"].'),
         "batch_wait": Key(parse_duration, 1.0, "Longest a line waits before its batch is sent."),
-        "batch_size": Key(parse_size, 1024**2, "Largest batch, uncompressed."),
+        "batch_size": Key(_size_at_most(64 * 1024**2), 1024**2, "Largest batch, uncompressed (held in memory "
+                          "while it is sent)."),
         "min_backoff": Key(parse_duration, 0.5, "First retry delay after 429, 5xx or a network error."),
         "max_backoff": Key(parse_duration, 300.0, "Longest retry delay; retries never stop."),
         "timeout": Key(parse_duration, 10.0, "Longest a push may take."),
@@ -532,6 +610,14 @@ class Config:
     agent_check: AgentCheckSection | None = None
     loki: LokiSection | None = None
     raw_sections: frozenset[str] = field(default_factory=frozenset)
+    lines: Mapping[Path_, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def problem(self, path: Path_, message: str) -> ConfigProblem:
+        """A problem found after parsing (a missing directory, an address that does not resolve),
+        placed like a parse problem: file, line where the text shows it, TOML path."""
+        collector = _Collector(self.source, dict(self.lines))
+        collector.add(path, message)
+        return collector.problems[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,10 +744,15 @@ def _walk_map(spec: TableMap, raw: Any, path: Path_, problems: _Collector) -> di
             problems.add(here, f"expected a table, got {_type_name(entry)}")
             continue
         kind = entry.get("type")
+        known = ", ".join(f'"{t}"' for t in spec.types)
+        if kind is None:
+            problems.add((*here, "type"), f"is required, one of {known}")
+            continue
+        if not isinstance(kind, str):
+            problems.add((*here, "type"), f"expected a string, one of {known}; got {_type_name(kind)}")
+            continue
         if kind not in spec.types:
-            known = ", ".join(f'"{t}"' for t in spec.types)
-            problems.add((*here, "type"), f"is required, one of {known}" if kind is None else
-                         f'unknown type "{kind}", expected one of {known}')
+            problems.add((*here, "type"), f'unknown type "{_excerpt(kind)}", expected one of {known}')
             continue
         table = Table("", {"type": Key(_string, REQUIRED, ""), **spec.common.keys, **spec.types[str(kind)].keys})
         out[entry_name] = _walk(table, entry, here, problems)
@@ -679,7 +770,13 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
             windows.append(Window(window["start"], window["end"]))
         except ValueError as error:
             problems.add(("maintenance", "window", index), str(error))
-    if maintenance["marker"] is not INVALID and maintenance["marker"] == maintenance["lock"]:
+    def in_state_dir(value: Any) -> Any:
+        if isinstance(value, Derived):
+            return agent["state_dir"] / value.name if agent["state_dir"] is not INVALID else INVALID
+        return value
+
+    if INVALID not in (in_state_dir(maintenance["marker"]), in_state_dir(maintenance["lock"])) and in_state_dir(
+            maintenance["marker"]) == in_state_dir(maintenance["lock"]):
         problems.add(("maintenance", "lock"), "must differ from maintenance.marker: the lock pins "
                      "maintenance on, the marker only shows it")
     checks = []
@@ -738,7 +835,7 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
                            state_dir=agent["state_dir"], reconcile_interval=agent["reconcile_interval"],
                            shutdown_drain_time=agent["shutdown_drain_time"]),
         log=LogSection(**values["log"]),
-        maintenance=MaintenanceSection(marker=maintenance["marker"], lock=maintenance["lock"],
+        maintenance=MaintenanceSection(marker=in_state_dir(maintenance["marker"]), lock=in_state_dir(maintenance["lock"]),
                                        timezone=maintenance["timezone"], windows=tuple(windows)),
         checks=tuple(checks),
         haproxy=haproxy,
@@ -750,6 +847,9 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
 
 def parse(text: str, source: str = "<config>") -> Config:
     """Given TOML text, return the Config it describes. Raise ConfigError listing every problem."""
+    # Editors on other systems save UTF-8 with a byte order mark; TOML readers refuse it with
+    # "Invalid statement", which tells nobody what is wrong. It carries no meaning: drop it.
+    text = text.removeprefix("\ufeff")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -758,34 +858,73 @@ def parse(text: str, source: str = "<config>") -> Config:
         match = re.search(r"\(at line (\d+), column \d+\)$", message)
         line = int(match.group(1)) if match else None
         raise ConfigError([ConfigProblem(source, "", f"not valid TOML: {message}", line)]) from None
-    problems = _Collector(source, locate_lines(text))
+    lines = locate_lines(text)
+    problems = _Collector(source, lines)
     values = _walk(SCHEMA, raw, (), problems)
     config = _build(values, problems, source, frozenset(raw))
     if problems.problems:
         raise ConfigError(problems.problems)
-    return config
+    return dataclasses.replace(config, lines=lines)
+
+
+# A real configuration is a few KiB; anything near this is a mistake (`-c /dev/zero`, a log file),
+# and reading and parsing it must not stall the daemon's loop on a reload.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def read_config_file(path: Path | str) -> str:
+    """Return the text of the configuration file at `path`. Raise ConfigError (one problem) if it is
+    not a readable regular file of UTF-8 text of at most MAX_CONFIG_BYTES.
+
+    Opened non-blocking, so a FIFO never hangs the caller (the daemon's loop on SIGHUP), and checked
+    with fstat before a byte is read, so a device or a huge file is refused at once. A symlink to a
+    regular file is fine (configuration management links files into /etc)."""
+    source = str(path)
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([ConfigProblem(source, "", message)])
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise refuse("no such file: create it (every section is optional, an empty file is valid) or "
+                     "pass -c FILE") from None
+    except PermissionError:
+        raise refuse("permission denied: run as root or as a member of the group that may read it") from None
+    except OSError as error:
+        raise refuse(f"cannot open: {error.strerror or error}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise refuse("is a directory, not a configuration file")
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse("is not a regular file (a FIFO, socket or device): give the path of a TOML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise refuse(f"is {info.st_size} bytes, more than a configuration can be "
+                         f"({MAX_CONFIG_BYTES // 1024} KiB at most)")
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as error:
+        raise refuse(f"cannot read: {error.strerror or error}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise refuse(f"grew beyond {MAX_CONFIG_BYTES // 1024} KiB while being read")
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise refuse(f"not UTF-8 text (byte {error.start})") from None
 
 
 def load(path: Path | str) -> Config:
-    """Read and parse the file at `path`. Raise ConfigError (one problem) if it cannot be read."""
-    source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError([ConfigProblem(source, "", "no such file: create it (every section is "
-                                         "optional, an empty file is valid) or pass -c FILE")]) from None
-    except IsADirectoryError:
-        raise ConfigError([ConfigProblem(source, "", "is a directory, not a configuration file")]) from None
-    except PermissionError:
-        raise ConfigError([ConfigProblem(source, "", "permission denied: run as root or as a member "
-                                         "of the group that may read it")]) from None
-    except OSError as error:
-        raise ConfigError([ConfigProblem(source, "", f"cannot read: {error.strerror}")]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError([ConfigProblem(source, "", f"not UTF-8 text (byte {error.start})")]) from None
-    return parse(text, source)
+    """Read and parse the file at `path`. Raise ConfigError listing every problem."""
+    return parse(read_config_file(path), str(path))
 
 
 def defaults() -> Config:
@@ -833,9 +972,12 @@ def _show_default(key: Key, name: str) -> str:
         return "host name"
     if value is None:
         return "none"
+    if isinstance(value, Derived):
+        return f'`state_dir` + `"/{value.name}"`'
+
     if key.convert is parse_duration:
         return f'`"{value * 1000:g}ms"`' if value < 1 else f'`"{value:g}s"`'
-    if key.convert is parse_size and value and value % 1024**2 == 0:
+    if (key.convert is parse_size or "size" in key.kind) and value and value % 1024**2 == 0:
         return f'`"{value // 1024**2}MiB"`'
     if isinstance(value, bool):
         return "`true`" if value else "`false`"

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from ..redact import redact_text
+
 PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2, "exception": 3}
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -27,19 +29,6 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 # `Authorization` are hidden but `passing` (a check state count), `bypass` or `compass` are not.
 _SECRET_KEY = re.compile(r"(?:^|[_.-])(?:(?:pg)?pass(?:word|wd)?|secrets?|tokens?|authorization|credentials?)"
                          r"(?:$|[_.-])", re.IGNORECASE)
-# postgresql://user:secret@host/db, redis://:secret@host -> keep the user, hide the password.
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@",
-                           re.IGNORECASE)
-# libpq keyword DSN: password=secret or password='sec ret'
-_KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def redact_text(text: str) -> str:
-    """Given any text, return it with URL and libpq DSN passwords replaced by ***."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
-
-
 def _secret_key(key: Any) -> bool:
     # camelCase keys (nested JSON, HTTP headers) count as words too: accessToken, dbPassword.
     return isinstance(key, str) and bool(_SECRET_KEY.search(re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)))

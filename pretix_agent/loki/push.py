@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..adapters.logs import redact_text
+from ..redact import redact_text
 from ..config import LokiSection
 from .entries import Entry, Labels
 

@@ -501,10 +501,10 @@ def test_load_of_an_unreadable_file_says_permission_denied(tmp_path, monkeypatch
     path = tmp_path / "agent.toml"
     path.write_text("")
 
-    def refuse(self):
-        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    def refuse(*_args):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr(config.os, "open", refuse)
     with pytest.raises(ConfigError) as caught:
         config.load(path)
     assert caught.value.problems[0].message.startswith("permission denied: run as root or as a member")
@@ -525,10 +525,10 @@ def test_load_of_a_file_that_fails_to_read_reports_the_os_error(tmp_path, monkey
     path = tmp_path / "agent.toml"
     path.write_text("")
 
-    def fail(self):
-        raise OSError(errno.EIO, os.strerror(errno.EIO), str(self))
+    def fail(*_args):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
 
-    monkeypatch.setattr(Path, "read_bytes", fail)
+    monkeypatch.setattr(config.os, "read", fail)
     with pytest.raises(ConfigError) as caught:
         config.load(path)
     assert caught.value.problems[0].message == "cannot read: Input/output error"

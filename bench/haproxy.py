@@ -15,7 +15,7 @@ reconcile cycle costs on a large farm.
    `option redispatch`), so refused connections are mostly invisible to clients in both variants;
    what remains are requests in flight on the killed backend (their connections are cut: haproxy
    answers 502, and must not retry them, SPEC 5). Reported as counted, with latencies.
-3. One reconcile cycle of the agent's real `HaproxyController.cycle()` (show info, show servers
+3. One reconcile cycle of the agent's real `HaproxyWorker.cycle()` (show info, show servers
    state, the pure `decide`, one `set server` per difference, the server-state file) against a
    real haproxy with 1,000 servers, when nothing differs and when 10% must change, beside the bare
    `show servers state` round trip and a naive reconciler that sets every server's state
@@ -35,7 +35,7 @@ from pathlib import Path
 from pretix_agent.checks.health import FAILING, PASSING, CheckState
 from pretix_agent.checks.model import failed, passed
 from pretix_agent.config import HaproxySection, HaproxyServer
-from pretix_agent.haproxy.controller import HaproxyController, actual_from
+from pretix_agent.haproxy.worker import HaproxyWorker, actual_from
 from pretix_agent.haproxy.decide import Memory, decide
 from pretix_agent.haproxy.runtime import RuntimeApi, ServerState
 from tests.integration.agent_fixture import Agent, write_config
@@ -327,7 +327,7 @@ def _reconcile(quick: bool) -> dict:
         all_pass = {f"web-{b}-{s}": passing for b, s in keys}
         some_fail = {name: failing if name in changed else passing for name in all_pass}
         events: list = []
-        controller = HaproxyController(section, Path(directory), report=lambda _doc: None,
+        controller = HaproxyWorker(section, Path(directory), report=lambda _doc: None,
                                        log_event=events.append, beat=lambda: None)
         api = RuntimeApi(section.socket, timeout=5.0)
 

@@ -33,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.config_reference:
         sys.stdout.write(config_module.reference_markdown())
         return EXIT_OK
+    from .daemon import Daemon, preflight  # the controllers import their libraries only when they run
+
     try:
         config = config_module.load(args.config)
+        if args.check_config:
+            problems = preflight(config)
+            if problems:
+                raise ConfigError(problems)
     except ConfigError as error:
         # Under journald (ExecReload= runs --check-config) the <3> prefix files each line as an
         # error, so `journalctl -p err -u pretix-agent` shows why a reload was refused.
@@ -46,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: configuration is valid")
         return EXIT_OK
     logs.configure(config.log.level, config.log.format)
-    from .daemon import Daemon  # imported late: --check-config must not need the daemon's libraries
 
     try:
         return Daemon(args.config, config).run()

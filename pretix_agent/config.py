@@ -28,8 +28,8 @@ from typing import Any
 
 from .display import printable
 from .errors import ConfigError, ConfigProblem
+from .maintenance.schedule import Window, parse_weekly_time
 from .redact import redact_text
-from .schedule import Window, parse_weekly_time
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -835,8 +835,9 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
                            state_dir=agent["state_dir"], reconcile_interval=agent["reconcile_interval"],
                            shutdown_drain_time=agent["shutdown_drain_time"]),
         log=LogSection(**values["log"]),
-        maintenance=MaintenanceSection(marker=in_state_dir(maintenance["marker"]), lock=in_state_dir(maintenance["lock"]),
-                                       timezone=maintenance["timezone"], windows=tuple(windows)),
+        maintenance=MaintenanceSection(marker=in_state_dir(maintenance["marker"]),
+                                       lock=in_state_dir(maintenance["lock"]), timezone=maintenance["timezone"],
+                                       windows=tuple(windows)),
         checks=tuple(checks),
         haproxy=haproxy,
         agent_check=agent_check,

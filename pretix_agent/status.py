@@ -1,47 +1,211 @@
-"""The status document: what the daemon publishes for pretix-agentctl, and how ctl judges it.
+"""The status document: what the daemon publishes for pretix-agentctl, typed, and how ctl judges it.
 
-The document is versioned (`format`) and carries `written_at` as wall-clock Unix time. Staleness is
-judged by comparing that with the reader's wall clock (never with a monotonic clock, whose zero
-is boot and means nothing in a file), against `stale_after`, which the daemon derives from how
-often it promises to publish.
+One set of frozen dataclasses describes the document; the daemon's controllers each build their
+section, the daemon writes it (adapters/status_file.py), and ctl reads it back through the same
+classes (`parse`),
+every value checked, so ctl never formats a value of the wrong type (a hand-edited file, another
+version) and never needs a default scattered through its code.
+
+The document is versioned (`format`) and carries `written_at_unix` as wall-clock Unix time.
+Staleness is judged by comparing that with the reader's wall clock (never with a monotonic clock,
+whose zero is boot and means nothing in a file), against `stale_after`, which the daemon derives
+from how often it promises to publish.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from .adapters import files
+from . import shapes
 from .errors import StatusUnavailable
 
 FORMAT = 1
 
 
-def publish(path: Path, document: dict[str, Any]) -> None:
-    """Write the status atomically (readable by everyone: it holds no secrets)."""
-    data = (json.dumps(document, indent=1, sort_keys=False, default=str) + "\n").encode("utf-8")
-    files.write_atomic(path, data, mode=0o644)
+# ---------------------------------------------------------------------------------------------
+# The document.
 
 
-def read(path: Path) -> dict[str, Any]:
-    """Return the status document at `path`. Raise StatusUnavailable with one line saying why."""
-    state = files.read_small(path, limit=4 * 1024 * 1024)
-    if not state.present:
-        raise StatusUnavailable(f"no status file at {path}: the daemon is not running (or uses another "
-                                "[agent] status_file)")
-    if state.error or state.content is None:
-        raise StatusUnavailable(f"cannot read {path}: {state.error}")
+@dataclass(frozen=True)
+class Moment:
+    """An instant shown to people: in UTC and in the maintenance time zone (ISO 8601)."""
+
+    utc: str
+    local: str
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock or asked for a drain, when and why, as its file says (all optional: an
+    empty file from `touch` is a valid lock). `problem` says why the content could not be read."""
+
+    present: bool = False
+    id: str | None = None
+    by: str | None = None
+    at: str | None = None
+    reason: str | None = None
+    host: str | None = None
+    problem: str | None = None
+    origin: str | None = None  # "cluster" for a lock mirrored from the cluster lock, else None
+
+
+@dataclass(frozen=True)
+class WindowText:
+    start: str
+    end: str
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    marker: str
+    lock_file: str
+    timezone: str
+    windows: list[WindowText] = field(default_factory=list)
+    watch: str = "ok"  # "ok", or why file changes are not seen at once (the backstop still runs)
+    # The rest exists once the daemon decided at least once.
+    on: bool | None = None
+    cause: str | None = None  # lock, window, hand_edit
+    applied: bool | None = None
+    errors: list[str] = field(default_factory=list)
+    inside_window: bool | None = None
+    window_until: Moment | None = None
+    next_change: Moment | None = None
+    sentence: str | None = None
+    lock: Holder | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    type: str
+    state: str  # passing, failing, unknown
+    interval: float
+    timeout: float
+    fall: int
+    rise: int
+    since: str | None = None
+    reason: str | None = None  # the latest probe's
+    outcome: str | None = None
+    hard: bool | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    probes: int = 0
+    failure: str | None = None  # while failing: the reason of the failure, not of a rising probe
+
+
+@dataclass(frozen=True)
+class HaproxyServer:
+    backend: str
+    server: str
+    actual: str | None  # None: haproxy does not know this server
+    up: bool | None
+    desired: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Haproxy:
+    socket: str
+    reachable: bool | None = None  # None: not looked yet
+    error: str | None = None
+    process: str | None = None
+    sentence: str | None = None
+    held: list[str] = field(default_factory=list)
+    servers: list[HaproxyServer] = field(default_factory=list)
+    taken_out: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AgentCheck:
+    listen: str
+    answer: str | None = None  # None: no verdict yet (haproxy keeps its state)
+    why: str | None = None  # the verdict in words: what the answer is based on
+    answered: int = 0
+    refused: int = 0  # connections closed unanswered (not allowed, over a limit)
+
+
+@dataclass(frozen=True)
+class Drain:
+    file: str
+    request: Holder = field(default_factory=Holder)  # pretix-agentctl drain
+    shutdown: bool = False  # drained for a system shutdown (never persisted)
+    reason: str | None = None  # why this node is drained now, or None
+
+
+@dataclass(frozen=True)
+class Loki:
+    url: str
+    source: str
+    state: str
+    alive: bool = True
+    tenant: str | None = None
+    buffered_lines: int = 0
+    buffered_bytes: int = 0
+    backlog_lines: int | None = None
+    oldest_unsent_age_seconds: float | None = None
+    shipped_lines: int = 0
+    shipped_bytes: int = 0
+    pushes: int = 0
+    failed_pushes: int = 0
+    last_success_at: str | None = None
+    last_success_unix: float | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    failing_since: str | None = None
+    retry_attempts: int = 0
+    backoff_seconds: float = 0.0
+    holding: bool = False
+    hold_reason: str | None = None
+    drops: dict[str, int] = field(default_factory=dict)
+    internal_errors: int = 0
+    source_status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControllerHealth:
+    """One capability's last cycle: fine, or the error that stopped it (the others went on)."""
+
+    ok: bool = True
+    error: str | None = None
+    since: str | None = None
+
+
+@dataclass(frozen=True)
+class Document:
+    format: int
+    state: str  # running, stopped
+    written_at: str
+    written_at_unix: float
+    stale_after: float
+    node: str
+    pid: int
+    version: str
+    started_at: str
+    config: str
+    sentence: str
+    cycles: int
+    healthy: bool
+    maintenance: Maintenance | None = None  # None only if its controller failed to report
+    drain: Drain | None = None
+    degraded: list[str] = field(default_factory=list)  # what works worse than configured, and why
+    controllers: dict[str, ControllerHealth] = field(default_factory=dict)
+    checks: dict[str, Check] = field(default_factory=dict)
+    haproxy: Haproxy | None = None
+    agent_check: AgentCheck | None = None
+    loki: Loki | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking and judging.
+
+
+def parse(raw: dict[str, Any], source: str = "the status file") -> Document:
+    """Given parsed JSON, return the typed document. Raise StatusUnavailable naming the first value
+    that does not fit."""
     try:
-        document = json.loads(state.content.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise StatusUnavailable(f"{path} is not a status document (not JSON)") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise StatusUnavailable(f"{path} is not a status document of format {FORMAT}: upgrade "
-                                "pretix-agentctl together with the daemon")
+        document: Document = shapes.decode(Document, raw)
+    except shapes.ShapeError as error:
+        raise StatusUnavailable(f"{source} is not a valid status document: {error}") from None
     return document
 
 
@@ -64,30 +228,24 @@ class Liveness:
     age: float
 
 
-def judge(document: dict[str, Any], now: float, alive: Any = pid_alive) -> Liveness:
+def judge(document: Document, now: float, alive: Any = pid_alive) -> Liveness:
     """Given a status document and the wall-clock time `now`, say whether its daemon is live."""
-    try:
-        written = float(document["written_at_unix"])
-        stale_after = float(document["stale_after"])
-        pid = document["pid"]
-    except (KeyError, TypeError, ValueError):
-        return Liveness(False, "the status file lacks written_at_unix, stale_after or pid", 0.0)
-    # NaN compares false with everything (a NaN age is never stale), and kill(0 or -1, 0) asks about
-    # a whole process group or every process, so such values must not pass for a live daemon.
-    if not (math.isfinite(written) and math.isfinite(stale_after) and stale_after > 0):
-        return Liveness(False, "the status file has no valid written_at_unix or stale_after", 0.0)
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return Liveness(False, f"the status file has no valid pid ({pid!r:.40})", 0.0)
-    age = now - written
-    if document.get("state") == "stopped":
+    # kill(0 or -1, 0) asks about a whole process group or every process: such pids must not pass
+    # for a live daemon (NaN and infinities never get this far: the document's floats are finite).
+    if document.stale_after <= 0:
+        return Liveness(False, "the status file has no valid stale_after", 0.0)
+    if document.pid <= 0:
+        return Liveness(False, f"the status file has no valid pid ({document.pid})", 0.0)
+    age = now - document.written_at_unix
+    if document.state == "stopped":
         return Liveness(False, f"the daemon stopped {age:.0f} s ago", age)
-    if not alive(pid):
-        return Liveness(False, f"the daemon (pid {pid}) is not running; its last status is {age:.0f} s old",
-                        age)
-    if age > stale_after:
+    if not alive(document.pid):
+        return Liveness(False, f"the daemon (pid {document.pid}) is not running; its last status is "
+                        f"{age:.0f} s old", age)
+    if age > document.stale_after:
         return Liveness(False, f"the status is stale: written {age:.1f} s ago, expected within "
-                        f"{stale_after:.0f} s (the daemon is hung or its clock jumped)", age)
-    if age < -stale_after:
+                        f"{document.stale_after:.0f} s (the daemon is hung or its clock jumped)", age)
+    if age < -document.stale_after:
         return Liveness(False, f"the status is from the future ({-age:.0f} s): the wall clock was set back",
                         age)
-    return Liveness(True, f"running (pid {pid}), status {max(age, 0.0):.1f} s old", age)
+    return Liveness(True, f"running (pid {document.pid}), status {max(age, 0.0):.1f} s old", age)

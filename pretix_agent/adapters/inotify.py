@@ -1,7 +1,12 @@
 """File events through the `watchdog` library (inotify on Linux).
 
 Directories are watched, not files: the marker and lock are replaced by rename and deleted and
-recreated by hand, and a watch on the file itself dies with the inode it was put on.
+recreated by hand, and a watch on the file itself dies with the inode it was put on. A watch on a
+directory dies the same way when the directory is deleted, or replaced by another one of the same
+name (configuration management does both), and inotify then says nothing more, ever. So the
+watcher also watches each directory's parent, for that name only, and `intact()` compares every
+directory with the inode it watches: the owner re-creates the watcher when either says the watch
+is gone.
 (Not to be confused with systemd's watchdog, which lives in the daemon's loop.)
 """
 
@@ -14,37 +19,80 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+LOST = "watch:lost"  # the reason posted when a watched directory was removed, moved or created
+
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, names: set[str], notify: Callable[[str], None]):
-        self._names = names
+    def __init__(self, names: dict[str, str], notify: Callable[[str], None]):
+        self._names = names  # path -> reason to post
         self._notify = notify
 
     def dispatch(self, event: FileSystemEvent) -> None:
         for raw in (event.src_path, getattr(event, "dest_path", "")):
-            if not raw:
-                continue
-            path = os.fsdecode(raw)
-            if path in self._names:
-                self._notify(f"file:{os.path.basename(path)}")
+            if raw:
+                reason = self._names.get(os.fsdecode(raw))
+                if reason is not None:
+                    self._notify(reason)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 class FileWatcher:
-    """Calls `notify(reason)` from its own thread whenever one of `paths` may have changed."""
+    """Calls `notify(reason)` from its own thread whenever one of `paths` may have changed
+    (`file:NAME`), or one of their directories was removed, moved or created (`watch:lost`)."""
 
     def __init__(self, paths: Iterable[Path], notify: Callable[[str], None]):
         self.paths = tuple(sorted({Path(p) for p in paths}))
-        names = {str(p) for p in self.paths}
+        self.directories = tuple(sorted({p.parent for p in self.paths}))
+        self._notify = notify
         self._observer = Observer()
-        for directory in sorted({str(p.parent) for p in self.paths}):
-            self._observer.schedule(_Handler(names, notify), directory, recursive=False)
+        self._watched: dict[Path, tuple[int, int] | None] = {}
 
     def start(self) -> None:
-        self._observer.start()
+        """Watch every directory that exists (and each one's parent). Raise OSError only if not even
+        one directory can be watched: a missing one is reported by `intact()` and watched later."""
+        files = {str(p): f"file:{p.name}" for p in self.paths}
+        own = {str(d): LOST for d in self.directories}
+        for directory in self.directories:
+            identity = _identity(directory)
+            self._watched[directory] = identity
+            if identity is not None:
+                self._observer.schedule(_Handler({**files, **own}, self._notify), str(directory), recursive=False)
+        for parent in sorted({d.parent for d in self.directories}):
+            if _identity(parent) is not None:
+                self._observer.schedule(_Handler(own, self._notify), str(parent), recursive=False)
+        try:
+            self._observer.start()
+        except OSError:  # a directory vanished between the look and the watch
+            self.stop()
+            raise
+
+    def intact(self) -> list[str]:
+        """Why a change of the files could go unseen right now; [] when every directory is watched
+        as it is (the same inode that was there when the watch began)."""
+        if not self._observer.is_alive():
+            return ["the file watching thread ended"]
+        problems = []
+        for directory, watched in self._watched.items():
+            current = _identity(directory)
+            if current is None:
+                problems.append(f"{directory} does not exist")
+            elif watched is None:
+                problems.append(f"{directory} did not exist when the watch began")
+            elif current != watched:
+                problems.append(f"{directory} was replaced by another directory")
+        return problems
 
     def alive(self) -> bool:
         return self._observer.is_alive()
 
     def stop(self) -> None:
         self._observer.stop()
-        self._observer.join(timeout=5)
+        if self._observer.is_alive():
+            self._observer.join(timeout=5)

@@ -29,10 +29,21 @@ class CheckState:
     probes: int = 0
     last: ProbeResult | None = None
     since_probe: int = 0  # the probe number at which `state` was entered
+    # The latest probe that did not pass, kept until the check passes again: while a failing check
+    # rises, `last` is already a pass, and "failing: HTTP 200" would tell an operator nothing.
+    failure: ProbeResult | None = None
 
     def hard_failure(self) -> bool:
         """True when failing and the latest probe said the service is gone (not merely slow)."""
         return self.state == FAILING and self.last is not None and self.last.hard
+
+    def why(self) -> str:
+        """Why the check is in its state, in words: the failure that made it fail (and how far it has
+        risen since), or the latest probe's reason."""
+        if self.state != PASSING and self.failure is not None:
+            rising = f" (passing again: {self.passes} so far)" if self.passes else ""
+            return self.failure.reason + rising
+        return self.last.reason if self.last is not None else "no probe yet"
 
 
 def advance(current: CheckState, result: ProbeResult, fall: int, rise: int) -> CheckState:
@@ -48,7 +59,9 @@ def advance(current: CheckState, result: ProbeResult, fall: int, rise: int) -> C
         else:
             state = current.state
     since = current.since_probe if state == current.state else probes
-    return CheckState(state=state, passes=passes, misses=misses, probes=probes, last=result, since_probe=since)
+    failure = None if state == PASSING else result if result.outcome != PASS else current.failure
+    return CheckState(state=state, passes=passes, misses=misses, probes=probes, last=result, since_probe=since,
+                      failure=failure)
 
 
 def apply_results(states: Mapping[str, CheckState], results: Iterable[tuple[str, ProbeResult]],

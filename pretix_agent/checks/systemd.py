@@ -18,45 +18,14 @@ Which states fail, and how hard:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Sequence
 
+from ..unit_states import UnitsSnapshot, UnitStateSource
 from .model import Deadline, Probe, ProbeResult, failed, passed, unknown
 
 ACTIVE = "active"
 HARD_FAILING = frozenset({"failed", "inactive"})
 SOFT_FAILING = frozenset({"activating", "deactivating", "reloading"})
-
-
-@dataclass(frozen=True)
-class UnitState:
-    """One unit as systemd last reported it (org.freedesktop.systemd1.Unit properties)."""
-
-    unit: str
-    load_state: str  # loaded, not-found, masked, bad-setting, error, ...
-    active_state: str  # active, failed, inactive, activating, deactivating, reloading, ...
-    sub_state: str  # running, exited, dead, failed, start-pre, auto-restart, ...
-
-    def describe(self) -> str:
-        """"pretix-web.service failed (failed)", with the load state when it explains more."""
-        text = f"{self.unit} {self.active_state} ({self.sub_state})"
-        if self.load_state not in ("loaded", ""):
-            text += f" [{self.load_state}]"
-        return text
-
-
-@dataclass(frozen=True)
-class UnitsSnapshot:
-    """What the watcher knows right now: states by unit, or why it knows nothing."""
-
-    available: bool
-    reason: str = ""  # why not available ("no system bus", "systemd is not on the bus", ...)
-    units: Mapping[str, UnitState] = field(default_factory=dict)
-
-
-class UnitStateSource(Protocol):
-    def snapshot(self) -> UnitsSnapshot: ...
 
 
 def judge(units: Sequence[str], snapshot: UnitsSnapshot) -> ProbeResult:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..adapters.dbus import DBusUnavailable, SharedConnection
 from ..config import CheckSpec, SystemdCheck
-from ..errors import DBusUnavailable
 from ..events import Event
+from ..unit_states import UnitsSnapshot
 from .model import Probe, ProbeResult
-from .systemd import UnitsSnapshot, judge, make_systemd_probe
+from .systemd import judge, make_systemd_probe
 
 
 class _Unavailable:
@@ -27,25 +28,14 @@ class _Unavailable:
 
 class UnitChecks:
     def __init__(self, deliver: Callable[[str, ProbeResult], None], on_event: Callable[[Event], None],
-                 bus_address: str | None = None):
+                 bus: SharedConnection):
         self.deliver = deliver
         self.on_event = on_event
-        self.bus_address = bus_address
-        self.connection: Any = None
+        self.bus = bus  # the daemon's; borrowed, never stopped here
         self.watcher: Any = None
         self.units: tuple[str, ...] = ()
         self.checks: dict[str, tuple[str, ...]] = {}
         self.source: Any = _Unavailable("not started")
-
-    def connect(self) -> Any:
-        """Return the shared DBusConnection, started; raise DBusUnavailable (once per attempt)."""
-        if self.connection is None:
-            from ..adapters.dbus import DBusConnection  # gi loads only when a D-Bus feature is configured
-
-            connection = DBusConnection(self.bus_address, on_event=self.on_event)
-            connection.start()
-            self.connection = connection
-        return self.connection
 
     def configure(self, specs: tuple[CheckSpec, ...]) -> dict[str, Probe]:
         """Watch the units of every `systemd` check in `specs`; return their probes by name."""
@@ -63,10 +53,9 @@ class UnitChecks:
 
     def _start_watcher(self, units: tuple[str, ...]) -> None:
         try:
-            connection = self.connect()
             from ..adapters.dbus import UnitWatcher
 
-            watcher = UnitWatcher(units, self._on_change, connection=connection)
+            watcher = UnitWatcher(units, self._on_change, connection=self.bus.get())
             self.source = watcher  # the first readings arrive during start() and are judged at once
             watcher.start(wait=self.watcher is None)
         except DBusUnavailable as error:
@@ -91,12 +80,8 @@ class UnitChecks:
             if unit in units:
                 self.deliver(name, judge(units, snapshot))
 
-    def alive(self) -> bool:
-        return self.connection is None or self.connection.alive()
+    def watching(self) -> bool:
+        return self.watcher is not None
 
     def stop(self) -> None:
         self._stop_watcher()
-        if self.connection is not None:
-            self.connection.stop()
-            self.connection = None
-

@@ -120,7 +120,16 @@ class AgentCheckResponder:
         self._wake_write.setblocking(False)
 
     def start(self) -> None:
-        """Bind and listen, then serve in a daemon thread. Raise AgentCheckError if it cannot bind."""
+        """Bind and listen (unless `bind()` did), then serve in a daemon thread. Raise AgentCheckError
+        if it cannot bind."""
+        if self._listener is None:
+            self.bind()
+        self._thread = threading.Thread(target=self._serve, name="agent-check", daemon=True)
+        self._thread.start()
+
+    def bind(self) -> None:
+        """Bind and listen without serving yet (a reload prepares the new address this way, and
+        switches to it only if the whole configuration is good). Raise AgentCheckError."""
         host, port = _parse_listen(self.listen)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -144,8 +153,6 @@ class AgentCheckResponder:
             raise AgentCheckError(f"agent-check cannot listen on {self.listen}: {hint}") from None
         self._listener = listener
         self.address = listener.getsockname()[:2]
-        self._thread = threading.Thread(target=self._serve, name="agent-check", daemon=True)
-        self._thread.start()
 
     def alive(self) -> bool:
         """True while the serving thread runs (for the daemon's liveness report)."""

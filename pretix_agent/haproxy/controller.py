@@ -1,176 +1,148 @@
-"""haproxy, acted on: a thread that reads haproxy's state, asks `decide`, and sends the changes.
+"""haproxy control as the daemon runs it: the loop hands the gating check states to the worker.
 
-It runs beside the main loop because every Runtime API exchange may block up to its timeout,
-and a hung haproxy must never delay maintenance mode or the systemd watchdog. The main loop hands
-it the latest check states (`update`), which wakes it at once; otherwise it looks every
-`interval`, so drift, reloads and restarts are seen within one interval. A reload or restart shows
-as a new process identity in `show info`; since the decision is level-triggered, re-applying the
-desired state needs nothing special beyond noticing. After every change the agent writes
-`show servers state` into haproxy's server-state file (when configured), so a reload at any moment
-loads what the agent set.
-
-What the agent took out is remembered in the state directory, so after a daemon restart it still
-puts back its own changes, and only its own.
+Every Runtime API exchange may block up to its timeout, so the exchanges happen on the worker's
+thread (worker.py); the loop only hands over what changed (numbered) and reads back the worker's
+report. A report decided on older inputs is not passed off as current: until the worker has acted
+on the latest check states, the sentence says it is acting on them.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..adapters import files
+from .. import status
 from ..checks.health import CheckState
-from ..config import HaproxySection
-from ..errors import FileWriteError
-from ..events import Event
-from .decide import Actual, Decision, Memory, SetState, decide, remember
-from .runtime import RuntimeApi, RuntimeApiError, ServerState
-
-MEMORY_FILE = "haproxy.json"
+from ..config import Config, HaproxySection
+from ..controller import Change, Controller, Facts, Services, Swap, Worker
+from ..errors import ConfigError, ConfigProblem
+from .worker import HaproxyWorker, Report
 
 
-def load_memory(path: Path) -> Memory:
-    """Read what the agent took out; a missing or unreadable file means nothing (said by the caller)."""
-    state = files.read_small(path)
-    if not state.present or state.content is None:
-        return Memory()
-    try:
-        document = json.loads(state.content)
-        taken_out = frozenset((str(b), str(s)) for b, s in document["taken_out"])
-    except (ValueError, KeyError, TypeError):
-        return Memory()
-    return Memory(taken_out=taken_out)
+@dataclass(frozen=True)
+class Inputs:
+    checks: Mapping[str, CheckState]  # only the checks that gate a server
+    drain: str | None  # only when a server is `local`
 
 
-def actual_from(states: list[ServerState]) -> dict[tuple[str, str], Actual]:
-    """haproxy's servers as `decide` sees them. A server at weight 0 (an agent-check drain, say)
-    takes no new load, so it does not count as up for the min_ready guard."""
-    return {(s.backend, s.server): Actual(s.admin, s.up and s.weight > 0) for s in states}
+@dataclass(frozen=True)
+class Observed:
+    inputs: Inputs
+    handed: Inputs | None  # what the worker has
+    generation: int  # of `handed`
+    report: Report | None
 
 
-class HaproxyController:
-    def __init__(self, section: HaproxySection, state_dir: Path, report: Callable[[dict[str, Any]], None],
-                 log_event: Callable[[Event], None], beat: Callable[[], None]):
-        self.section = section
-        self.api = RuntimeApi(section.socket, section.timeout)
-        self.memory_path = state_dir / MEMORY_FILE
-        self.memory = load_memory(self.memory_path)
+@dataclass(frozen=True)
+class Handover:
+    inputs: Inputs | None  # None: the worker has them already
+    generation: int
+    sentence: str
+
+
+def inputs_for(section: HaproxySection, checks: Mapping[str, CheckState], drain: str | None) -> Inputs:
+    gating = {name for server in section.servers for name in server.checks}
+    local = any(server.local for server in section.servers)
+    return Inputs({name: state for name, state in checks.items() if name in gating}, drain if local else None)
+
+
+def hand_over(seen: Observed) -> Handover:
+    """Pure: whether the worker needs new inputs, and the sentence that is true right now."""
+    if seen.inputs != seen.handed:
+        return Handover(seen.inputs, seen.generation + 1, "haproxy: acting on new check states")
+    if seen.report is None:
+        return Handover(None, seen.generation, "haproxy: not looked at yet")
+    if seen.report.generation != seen.generation:
+        return Handover(None, seen.generation, "haproxy: acting on new check states")
+    return Handover(None, seen.generation, seen.report.sentence)
+
+
+class HaproxyControl(Controller[Observed, Handover]):
+    name = "haproxy"
+    section = "haproxy"
+
+    def __init__(self, services: Services):
+        super().__init__(services)
+        self.settings: HaproxySection | None = None
+        self.state_dir: Path | None = None
+        self.worker: HaproxyWorker | None = None
+        self.report: Report | None = None
+        self.handed: Inputs | None = None
+        self.generation = 0
+
+    @classmethod
+    def check(cls, config: Config) -> list[ConfigProblem]:
+        section = config.haproxy
+        if section is None or not section.socket.startswith("/") or section.state_file is None:
+            return []
+        if not section.state_file.parent.is_dir():
+            return [config.problem(("haproxy", "state_file"), f"directory {section.state_file.parent} does not "
+                                   "exist: create it (haproxy.cfg's server-state-file lives there) or change it")]
+        return []
+
+    def prepare(self, config: Config) -> Change:
+        problems = self.check(config)
+        if problems:
+            raise ConfigError(problems)
+        new, state_dir = config.haproxy, config.agent.state_dir
+        if (new, state_dir) == (self.settings, self.state_dir):
+            return Swap()
+        worker = None
+        if new is not None:
+            worker = HaproxyWorker(new, state_dir, self._reported, self.services.emit, lambda: None)
+
+        def commit() -> None:
+            self._stop_worker()
+            self.settings, self.state_dir, self.worker, self.report, self.handed = new, state_dir, worker, None, None
+            if worker is not None:
+                assert new is not None
+                beat = Worker("haproxy", worker.alive, new.interval + 3 * new.timeout + 5)
+                worker.beat = beat.beat
+                self.workers.put(beat)
+                worker.start()
+                self.services.wake("haproxy")
+
+        return Swap(commit)
+
+    def _reported(self, report: Report) -> None:
+        """From the worker's thread: its latest view; wakes the loop so status and sentence show it."""
         self.report = report
-        self.log_event = log_event
-        self.beat = beat
-        self._checks: Mapping[str, CheckState] = {}
-        self._drain: str | None = None
-        self._wake = threading.Event()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="haproxy", daemon=True)
-        self._identity: Any = None
-        self._error: str | None = None
-        self._unreachable = False
+        self.services.wake("haproxy")
 
-    def start(self) -> None:
-        self._thread.start()
+    def observe(self, facts: Facts) -> Observed:
+        assert self.settings is not None
+        return Observed(inputs_for(self.settings, facts.checks, facts.drain), self.handed, self.generation, self.report)
 
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+    def decide(self, observation: Observed) -> Handover:
+        return hand_over(observation)
+
+    def act(self, decision: Handover, facts: Facts) -> Facts:
+        if decision.inputs is not None and self.worker is not None:
+            self.handed, self.generation = decision.inputs, decision.generation
+            self.worker.update(decision.inputs.checks, decision.inputs.drain, decision.generation)
+        return facts
+
+    def reconcile(self, facts: Facts) -> tuple[Facts, str]:
+        if self.settings is None:
+            return facts, ""
+        return super().reconcile(facts)
+
+    def status(self) -> status.Haproxy | None:
+        if self.settings is None:
+            return None
+        report = self.report
+        if report is None:
+            return status.Haproxy(socket=self.settings.socket)
+        return status.Haproxy(socket=self.settings.socket, reachable=report.reachable, error=report.error,
+                              process=report.process, sentence=report.sentence, held=report.held,
+                              servers=report.servers, taken_out=report.taken_out)
+
+    def _stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+            self.workers.remove("haproxy")
 
     def stop(self) -> None:
-        self._stopped.set()
-        self._wake.set()
-        self._thread.join(timeout=self.section.timeout * 3 + 1)
-
-    def update(self, checks: Mapping[str, CheckState], drain: str | None) -> None:
-        """From the main loop: the latest check states and drain request; wakes the thread."""
-        if dict(checks) != self._checks or drain != self._drain:
-            self._checks, self._drain = dict(checks), drain
-            self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            self._wake.clear()
-            deferred = self.cycle()
-            self.beat()
-            # Waiting for hold_down or the rate limit: look again soon rather than a full interval.
-            self._wake.wait(min(1.0, self.section.interval) if deferred else self.section.interval)
-
-    def cycle(self) -> bool:
-        """Observe, decide, act once. Return True if a change was deferred (damping)."""
-        checks, drain = self._checks, self._drain
-        try:
-            identity = self.api.process_identity()
-            states = self.api.servers_state()
-        except RuntimeApiError as error:
-            self._failed(str(error))
-            return False
-        if self._unreachable:
-            self._unreachable = False
-            self.log_event(Event("haproxy.reachable", "info", {"socket": self.section.socket}))
-        if self._identity is not None and identity != self._identity:
-            self.log_event(Event("haproxy.reloaded", "warning", {
-                "old": str(self._identity), "new": str(identity),
-                "detail": "haproxy restarted or reloaded: re-applying the desired state"}))
-        self._identity = identity
-        now = time.monotonic()
-        decision = decide(self.section, checks, actual_from(states), self.memory, now, drain)
-        applied: list[SetState] = []
-        failures: list[str] = []
-        outcomes: list[RuntimeApiError | None]
-        try:
-            # One exchange for every change: 1,000 servers stay one round trip, not a thousand.
-            outcomes = self.api.set_server_states([(a.backend, a.server, a.state) for a in decision.actions])
-        except RuntimeApiError as exchange_failed:
-            outcomes = [exchange_failed] * len(decision.actions)
-        for action, refused in zip(decision.actions, outcomes, strict=True):
-            if refused is not None:
-                failures.append(str(refused))
-                continue
-            applied.append(action)
-            self.log_event(Event("haproxy.server_state_changed", "warning" if action.state != "ready" else "info", {
-                "backend": action.backend, "server": action.server, "state": action.state, "reason": action.reason}))
-        for event in decision.events:
-            self.log_event(event)
-        old_taken = self.memory.taken_out
-        self.memory = remember(self.memory, applied, decision.held, now, self.section.hold_down)
-        if applied:
-            self._save(old_taken)
-        for failure in failures:
-            self.log_event(Event("haproxy.command_failed", "error", {"error": failure}))
-        self._error = failures[0] if failures else None
-        self.report(self._document(decision, identity, failures))
-        return decision.deferred
-
-    def _save(self, old_taken: frozenset[tuple[str, str]]) -> None:
-        if self.section.state_file is not None:
-            try:
-                self.api.save_server_state(self.section.state_file)
-            except (RuntimeApiError, FileWriteError, OSError) as error:
-                self.log_event(Event("haproxy.state_file_failed", "error", {
-                    "file": str(self.section.state_file), "error": str(error),
-                    "detail": "a reload now would forget what the agent set until it re-applies it"}))
-        if self.memory.taken_out != old_taken:
-            data = json.dumps({"taken_out": sorted(self.memory.taken_out)}) + "\n"
-            try:
-                files.write_atomic(self.memory_path, data.encode(), mode=0o644)
-            except FileWriteError as error:
-                self.log_event(Event("haproxy.memory_failed", "error", {"error": str(error)}))
-
-    def _failed(self, error: str) -> None:
-        self._unreachable = True
-        if error != self._error:
-            self.log_event(Event("haproxy.unreachable", "error", {
-                "socket": self.section.socket, "error": error,
-                "detail": "haproxy's servers are left as they are until the socket answers"}))
-        self._error = error
-        self.report({"reachable": False, "error": error, "servers": [], "sentence": f"haproxy unreachable: {error}"})
-
-    def _document(self, decision: Decision, identity: Any, failures: list[str]) -> dict[str, Any]:
-        return {
-            "reachable": True, "error": failures[0] if failures else None, "process": str(identity),
-            "sentence": decision.sentence, "held": sorted(f"{b}/{s}" for b, s in decision.held),
-            "servers": [asdict(report) for report in decision.reports],
-            "taken_out": sorted(f"{b}/{s}" for b, s in self.memory.taken_out),
-        }
+        self._stop_worker()

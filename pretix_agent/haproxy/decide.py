@@ -89,7 +89,7 @@ def _verdict(server: HaproxyServer, checks: Mapping[str, CheckState]) -> tuple[s
 
 
 def _reason(name: str, state: CheckState) -> str:
-    return f"{name}: {state.last.reason}" if state.last is not None else name
+    return f"{name}: {state.why()}"
 
 
 def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Mapping[Key, Actual],

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..redact import redact_text
 from ..config import LokiSection
+from ..redact import redact_text
 from .entries import Entry, Labels
 
 PUSH_PATH = "/loki/api/v1/push"

@@ -3,7 +3,8 @@
 import pytest
 
 from pretix_agent.checks.model import Deadline
-from pretix_agent.checks.systemd import UnitsSnapshot, UnitState, judge, make_systemd_probe
+from pretix_agent.checks.systemd import judge, make_systemd_probe
+from pretix_agent.unit_states import UnitsSnapshot, UnitState
 
 WEB = "pretix-web.service"
 WORKER = "pretix-worker.service"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pretix_agent.adapters import dbus
+from pretix_agent.adapters.dbus import connection as dbus_connection
 from pretix_agent.errors import AgentError, DBusUnavailable
 
 needs_gi = pytest.mark.skipif(importlib.util.find_spec("gi") is None or importlib.util.find_spec("pydbus") is None,
@@ -30,8 +31,8 @@ def without_gi(monkeypatch):
     """Make gi and pydbus unimportable, as on a Python without Debian's python3-gi."""
     for name in ("gi", "gi.repository", "pydbus"):
         monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setattr(dbus, "Gio", None)
-    monkeypatch.setattr(dbus, "GLib", None)
+    monkeypatch.setattr(dbus_connection, "Gio", None)
+    monkeypatch.setattr(dbus_connection, "GLib", None)
 
 
 def test_importing_the_adapter_loads_no_gi():

@@ -9,16 +9,23 @@ import stat
 import pytest
 
 from pretix_agent import status
+from pretix_agent.adapters import status_file
 from pretix_agent.errors import StatusUnavailable
 
 NOW = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 
 
-def document(**changes):
+def raw(**changes):
     base = {"format": status.FORMAT, "written_at_unix": NOW - 1.0, "stale_after": 20.0, "pid": 4242,
-            "state": "running"}
+            "state": "running", "written_at": "2025-12-31T23:59:59.000+00:00", "node": "app1", "version": "0.1.0",
+            "started_at": "2025-12-31T23:00:00+00:00", "config": "/etc/pretix-agent/agent.toml",
+            "sentence": "maintenance off", "cycles": 3, "healthy": True}
     base.update(changes)
     return {key: value for key, value in base.items() if value is not ...}
+
+
+def document(**changes):
+    return status.parse(raw(**changes))
 
 
 def alive(pid: int) -> bool:
@@ -80,34 +87,53 @@ def test_a_status_from_the_future_beyond_stale_after_is_not_alive():
 
 
 @pytest.mark.parametrize("missing", ["written_at_unix", "stale_after", "pid"])
-def test_a_status_missing_a_field_is_not_alive(missing):
-    liveness = status.judge(document(**{missing: ...}), NOW, alive)
-    assert liveness == status.Liveness(False, "the status file lacks written_at_unix, stale_after or pid", 0.0)
+def test_a_status_missing_a_field_is_refused_naming_it(missing):
+    with pytest.raises(StatusUnavailable) as caught:
+        document(**{missing: ...})
+    assert str(caught.value) == f"the status file is not a valid status document: {missing}: is missing"
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    pytest.param({"written_at_unix": "yesterday"}, "written_at_unix: expected a finite number, got a string",
+                 id="text-time"),
+    pytest.param({"written_at_unix": None}, "written_at_unix: expected a finite number, got null", id="null-time"),
+    pytest.param({"written_at_unix": [NOW]}, "written_at_unix: expected a finite number, got an array",
+                 id="array-time"),
+    pytest.param({"stale_after": {}}, "stale_after: expected a finite number, got an object", id="table-stale-after"),
+    pytest.param({"written_at_unix": float("nan")}, "written_at_unix: expected a finite number", id="nan-time"),
+    pytest.param({"written_at_unix": float("-inf")}, "written_at_unix: expected a finite number", id="infinite-time"),
+    pytest.param({"stale_after": float("nan")}, "stale_after: expected a finite number", id="nan-stale-after"),
+    pytest.param({"stale_after": float("inf")}, "stale_after: expected a finite number", id="infinite-stale-after"),
+    pytest.param({"pid": None}, "pid: expected an integer, got null", id="null-pid"),
+    pytest.param({"pid": "4242"}, "pid: expected an integer, got a string", id="text-pid"),
+    pytest.param({"pid": 4242.0}, "pid: expected an integer, got a number", id="float-pid"),
+    pytest.param({"pid": True}, "pid: expected an integer, got a boolean", id="boolean-pid"),
+    pytest.param({"maintenance": []}, "maintenance: expected an object, got an array", id="maintenance-not-an-object"),
+    pytest.param({"maintenance": {"marker": "/m", "lock_file": "/l", "timezone": "UTC", "lock": {"by": 7}}},
+                 "maintenance.lock.by: expected a string, got an integer", id="lock-by-a-number"),
+    pytest.param({"checks": {"db": {"type": "postgres"}}}, "checks.db.state: is missing", id="check-without-state"),
+])
+def test_a_status_with_a_value_of_the_wrong_shape_is_refused_in_one_line_naming_it(changes, words):
+    with pytest.raises(StatusUnavailable) as caught:
+        document(**changes)
+    assert str(caught.value).startswith(f"the status file is not a valid status document: {words}")
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("changes", [
-    pytest.param({"written_at_unix": "yesterday"}, id="text-time"),
-    pytest.param({"written_at_unix": None}, id="null-time"),
-    pytest.param({"written_at_unix": [NOW]}, id="array-time"),
-    pytest.param({"stale_after": {}}, id="table-stale-after"),
-    pytest.param({"written_at_unix": float("nan")}, id="nan-time"),
-    pytest.param({"written_at_unix": float("-inf")}, id="infinite-time"),
-    pytest.param({"stale_after": float("nan")}, id="nan-stale-after"),
-    pytest.param({"stale_after": float("inf")}, id="infinite-stale-after"),
     pytest.param({"stale_after": 0}, id="zero-stale-after"),
     pytest.param({"stale_after": -5}, id="negative-stale-after"),
-    pytest.param({"pid": None}, id="null-pid"),
-    pytest.param({"pid": "4242"}, id="text-pid"),
-    pytest.param({"pid": 4242.0}, id="float-pid"),
-    pytest.param({"pid": True}, id="boolean-pid"),
     pytest.param({"pid": 0}, id="pid-zero-means-the-process-group"),
     pytest.param({"pid": -1}, id="pid-minus-one-means-every-process"),
 ])
-def test_a_status_with_an_invalid_field_is_not_alive(changes):
+def test_a_status_with_an_impossible_value_is_not_alive(changes):
     liveness = status.judge(document(**changes), NOW, alive)
     assert liveness.alive is False
-    assert liveness.reason.startswith("the status file ")
-    assert "\n" not in liveness.reason
+    assert liveness.reason.startswith("the status file has no valid ")
+
+
+def test_unknown_keys_from_a_newer_daemon_are_ignored():
+    assert document(new_section={"x": 1}).node == "app1"
 
 
 def test_judge_by_default_asks_the_real_process_table():
@@ -135,18 +161,20 @@ def test_pid_alive_of_a_reaped_child_is_false():
 # read and publish
 
 
-def test_publish_then_read_round_trips_the_document(tmp_path):
+def test_publish_then_load_round_trips_the_typed_document(tmp_path):
     path = tmp_path / "status.json"
-    written = document(sentence="no action. maintenance is off", node="app1 \u2013 größer")
-    status.publish(path, written)
-    assert status.read(path) == written
+    written = document(sentence="no action. maintenance is off", node="app1 \u2013 größer",
+                       maintenance={"marker": "/m", "lock_file": "/l", "timezone": "UTC", "on": True,
+                                    "lock": {"present": True, "by": "alice", "reason": "\x1b[2J"}})
+    status_file.publish(path, written)
+    assert status_file.load(path) == written
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert os.listdir(tmp_path) == ["status.json"]
 
 
 def test_read_of_a_missing_file_says_the_daemon_is_not_running(tmp_path):
     with pytest.raises(StatusUnavailable) as caught:
-        status.read(tmp_path / "status.json")
+        status_file.read(tmp_path / "status.json")
     assert str(caught.value) == (f"no status file at {tmp_path / 'status.json'}: the daemon is not running "
                                  "(or uses another [agent] status_file)")
 
@@ -161,7 +189,7 @@ def test_read_of_a_file_that_is_not_json_says_so_in_one_line(tmp_path, content):
     path = tmp_path / "status.json"
     path.write_bytes(content)
     with pytest.raises(StatusUnavailable) as caught:
-        status.read(path)
+        status_file.read(path)
     assert str(caught.value) == f"{path} is not a status document (not JSON)"
 
 
@@ -176,22 +204,22 @@ def test_read_of_another_format_asks_to_upgrade_together(tmp_path, value):
     path = tmp_path / "status.json"
     path.write_text(json.dumps(value))
     with pytest.raises(StatusUnavailable) as caught:
-        status.read(path)
+        status_file.read(path)
     assert str(caught.value) == (f"{path} is not a status document of format 1: upgrade pretix-agentctl "
                                  "together with the daemon")
 
 
 def test_read_of_a_symlink_is_refused_in_one_line(tmp_path):
     real = tmp_path / "real.json"
-    real.write_text(json.dumps(document()))
+    real.write_text(json.dumps(raw()))
     (tmp_path / "status.json").symlink_to(real)
     with pytest.raises(StatusUnavailable) as caught:
-        status.read(tmp_path / "status.json")
+        status_file.read(tmp_path / "status.json")
     assert str(caught.value) == f"cannot read {tmp_path / 'status.json'}: it is a symlink"
 
 
 def test_read_of_a_directory_is_refused_in_one_line(tmp_path):
     (tmp_path / "status.json").mkdir()
     with pytest.raises(StatusUnavailable) as caught:
-        status.read(tmp_path / "status.json")
+        status_file.read(tmp_path / "status.json")
     assert str(caught.value) == f"cannot read {tmp_path / 'status.json'}: not a regular file"

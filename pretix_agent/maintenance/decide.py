@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .events import Event
+from ..display import holder
+from ..events import Event
 from .schedule import Schedule, evaluate
 
 MARKER_TAG = "pretix_agent_marker"
@@ -40,19 +41,12 @@ class LockInfo:
     host: str | None = None
     problem: str | None = None  # why the content could not be read; the lock still counts
 
-    def describe(self) -> str:
+    def describe(self, word: str = "locked") -> str:
+        """"locked by alice at ... (why)"; `word` is "requested" for a drain request."""
         if not self.present:
             return "no lock"
-        parts = ["locked"]
-        if self.by:
-            parts.append(f"by {self.by}")
-        if self.at:
-            parts.append(f"at {self.at}")
-        if self.reason:
-            parts.append(f"({self.reason})")
-        if self.problem:
-            parts.append(f"(content unreadable: {self.problem})")
-        return " ".join(parts)
+        details = holder(self.by, self.at, self.reason, self.problem)
+        return f"{word} {details}" if details else word
 
 
 def parse_lock(content: bytes | None, problem: str | None = None) -> LockInfo:

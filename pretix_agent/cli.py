@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.config_reference:
         sys.stdout.write(config_module.reference_markdown())
         return EXIT_OK
-    from .daemon import Daemon, preflight  # the controllers import their libraries only when they run
+    from .capabilities import preflight  # the controllers import their libraries only when they run
+    from .daemon import Daemon
 
     try:
         config = config_module.load(args.config)

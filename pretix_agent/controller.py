@@ -169,7 +169,7 @@ class Controller(ABC, Generic[Obs, D]):
 
     def fds(self) -> Mapping[int, Callable[[], str]]:
         """File descriptors the loop should wait on, each with the function that reads it and
-        returns the cycle's trigger."""
+        returns the cycle's trigger (it must not raise: it runs in the loop itself)."""
         return {}
 
     def due(self) -> float | None:
@@ -185,7 +185,7 @@ class Controller(ABC, Generic[Obs, D]):
 
 
 def switch(controllers: list[Controller[Any, Any]], config: Config,
-           on_commit_error: Callable[[Controller[Any, Any], Exception], None]) -> None:
+           on_commit_error: Callable[[Controller[Any, Any], Exception], object]) -> None:
     """Prepare every controller for `config`, then commit all of them, or discard all and re-raise
     the first refusal: a configuration is used whole or not at all."""
     changes: list[Change] = []

@@ -327,7 +327,8 @@ def show_status(config: config_module.Config, as_json: bool) -> int:
 def failing(document: status.Document) -> bool:
     """Whether `status` exits 1: anything unhealthy, degraded, not applied, or a check not passing."""
     state = document.maintenance
-    return (not document.healthy or bool(document.degraded) or state is None or bool(state.errors)
+    return (not document.healthy or bool(document.degraded) or any(not c.ok for c in document.controllers.values())
+            or state is None or bool(state.errors)
             or state.applied is False or any(check.state != "passing" for check in document.checks.values()))
 
 

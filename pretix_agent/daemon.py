@@ -31,15 +31,10 @@ from .adapters import logs
 from .adapters.dbus import SharedConnection
 from .adapters.sdnotify import Notifier
 from .adapters.status_file import publish
-from .agent_check.controller import AgentCheckController
-from .checks.controller import ChecksController
+from .capabilities import build_controllers
 from .controller import Controller, Facts, Services, switch
-from .drain.controller import DrainController
-from .errors import AgentError, ConfigError, ConfigProblem, FileWriteError
+from .errors import AgentError, ConfigError, FileWriteError
 from .events import Event
-from .haproxy.controller import HaproxyControl
-from .loki.controller import LogsController
-from .maintenance.controller import MaintenanceController
 from .wakeup import Wakeup
 
 # Test hooks, only with PRETIX_AGENT_TEST_HOOKS=1: SIGUSR2 stalls the main loop for this many seconds
@@ -48,24 +43,6 @@ from .wakeup import Wakeup
 TEST_HOOKS_ENV = "PRETIX_AGENT_TEST_HOOKS"
 TEST_STALL_ENV = "PRETIX_AGENT_TEST_STALL_SECONDS"
 TEST_CLOCK_OFFSET_ENV = "PRETIX_AGENT_TEST_CLOCK_OFFSET"
-
-
-CONTROLLER_TYPES = (ChecksController, DrainController, MaintenanceController, HaproxyControl, AgentCheckController,
-                    LogsController)
-
-
-def preflight(config: config_module.Config) -> list[ConfigProblem]:
-    """What start (or a reload) would refuse in `config`, found without opening anything: the same
-    checks every controller's prepare makes first, so `--check-config` and start never disagree."""
-    return [problem for kind in CONTROLLER_TYPES for problem in kind.check(config)]
-
-
-def build_controllers(services: Services, bus: SharedConnection, clock_offset: float) -> list[Controller[Any, Any]]:
-    """Every capability, in the order a cycle runs them: each reads what the ones before found. The
-    last (logs) is also stopped last, after the final status, so the stop's own events are shipped."""
-    return [ChecksController(services, bus), DrainController(services, bus),
-            MaintenanceController(services, clock_offset), HaproxyControl(services), AgentCheckController(services),
-            LogsController(services)]
 
 
 class Daemon:
@@ -79,11 +56,9 @@ class Daemon:
         self.bus = SharedConnection(self.emit)
         self.controllers = build_controllers(Services(self.wakeup.post, self.emit), self.bus, self.clock_offset)
         self.health: dict[str, status.ControllerHealth] = {}
-        self.stopping = False
-        self.started_at = time.time()
-        self.sentence = ""
-        self.cycles = 0
+        self.stopping, self.started_at, self.sentence, self.cycles = False, time.time(), "", 0
         self.publish_error: str | None = None
+        self._commit_failed = lambda controller, error: self._failed(controller, error, "commit")
 
     def emit(self, event: Event) -> None:
         """Log an event (from any thread)."""
@@ -122,7 +97,7 @@ class Daemon:
             wake_at = min([backstop, *dues] + ([last_ping + ping_every] if ping_every else []))
             readers = {fd: read for c in self.controllers for fd, read in c.fds().items()}
             reasons, ready = self.wakeup.wait(wake_at - time.monotonic(), tuple(readers))
-            reasons += [self._read(readers[fd]) for fd in ready]
+            reasons += [readers[fd]() for fd in ready]
             reasons = self._handle_signals(reasons)
             if self.stopping:
                 break
@@ -132,13 +107,6 @@ class Daemon:
                 last_cycle = time.monotonic()
             if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._ping():
                 last_ping = time.monotonic()
-
-    def _read(self, read: Any) -> str:
-        try:
-            return str(read())
-        except OSError as error:
-            self.log.error("loop.read_failed", error=str(error))
-            return "fd"
 
     def _handle_signals(self, reasons: list[str]) -> list[str]:
         rest = []
@@ -172,8 +140,7 @@ class Daemon:
         try:
             controller.stop()
         except Exception as error:  # a bug: the others must still be stopped
-            self.log.error("controller.stop_failed", controller=controller.name,
-                           error=f"{type(error).__name__}: {error}")
+            self._failed(controller, error, "stop")
 
     # -- reload ----------------------------------------------------------------------------------
 
@@ -196,9 +163,6 @@ class Daemon:
         self.log.info("config.reloaded", config=str(self.config_path))
         self.cycle(["reload"])
         self._notify(READY="1", STATUS=self.sentence)
-
-    def _commit_failed(self, controller: Controller[Any, Any], error: Exception) -> None:
-        self._failed(controller, error, "commit")
 
     # -- one cycle -------------------------------------------------------------------------------
 
@@ -245,8 +209,7 @@ class Daemon:
             except Exception as error:  # a bug in one section must not cost the whole status
                 self._failed(controller, error, "status")
         now = time.time()
-        degraded = [f"{name} failed: {health.error}" for name, health in self.health.items() if not health.ok]
-        degraded += [problem for c in self.controllers for problem in c.degraded()]
+        degraded = [problem for c in self.controllers for problem in c.degraded()]
         return status.Document(
             format=status.FORMAT, state=state, written_at_unix=now,
             written_at=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),

@@ -184,7 +184,11 @@ class MaintenanceController(Controller[Observed, Step]):
 
     def _timer_fired(self) -> str:
         assert self.timer is not None
-        outcome = self.timer.read()
+        try:
+            outcome = self.timer.read()
+        except OSError as error:  # never seen; the cycle that follows re-arms the timer either way
+            self.services.emit(Event("clock.timer_failed", "error", {"error": error.strerror or str(error)}))
+            return "timer"
         if outcome == "clock_set":
             self.services.emit(Event("clock.set", "warning", {
                 "detail": "the wall clock was set; re-evaluating the schedule"}))

@@ -1,0 +1,34 @@
+"""Every capability the daemon runs, in the order a cycle runs them: each reads what the ones
+before it found (Facts). Adding a capability means adding its controller here, and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .adapters.dbus import SharedConnection
+from .agent_check.controller import AgentCheckController
+from .checks.controller import ChecksController
+from .config import Config
+from .controller import Controller, Services
+from .drain.controller import DrainController
+from .errors import ConfigProblem
+from .haproxy.controller import HaproxyControl
+from .loki.controller import LogsController
+from .maintenance.controller import MaintenanceController
+
+CONTROLLER_TYPES = (ChecksController, DrainController, MaintenanceController, HaproxyControl, AgentCheckController,
+                    LogsController)
+
+
+def preflight(config: Config) -> list[ConfigProblem]:
+    """What start (or a reload) would refuse in `config`, found without opening anything: the same
+    checks every controller's prepare makes first, so `--check-config` and start never disagree."""
+    return [problem for kind in CONTROLLER_TYPES for problem in kind.check(config)]
+
+
+def build_controllers(services: Services, bus: SharedConnection, clock_offset: float) -> list[Controller[Any, Any]]:
+    """Every capability, in the order a cycle runs them: each reads what the ones before found. The
+    last (logs) is also stopped last, after the final status, so the stop's own events are shipped."""
+    return [ChecksController(services, bus), DrainController(services, bus),
+            MaintenanceController(services, clock_offset), HaproxyControl(services), AgentCheckController(services),
+            LogsController(services)]

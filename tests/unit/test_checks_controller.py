@@ -46,12 +46,12 @@ def made(monkeypatch):
 
 
 def test_committing_starts_one_runner_per_check(made):
-    controller, started, events, woken = made
+    _controller, started, _events, _woken = made
     assert sorted(started) == ["api", "web"]
 
 
 def test_a_delivered_result_wakes_the_loop_and_is_advanced_in_the_next_cycle(made):
-    controller, started, events, woken = made
+    controller, _started, events, woken = made
     controller._deliver("web", passed("HTTP 200"))
     assert woken == ["check:web"]
     controller._deliver("web", passed("HTTP 200"))
@@ -63,7 +63,7 @@ def test_a_delivered_result_wakes_the_loop_and_is_advanced_in_the_next_cycle(mad
 
 
 def test_a_failing_check_reports_its_failure_while_it_rises_again(made):
-    controller, started, events, woken = made
+    controller, _started, _events, _woken = made
     for result in (failed("HTTP 500"), failed("HTTP 500"), passed("HTTP 200 in 134 ms")):
         controller._deliver("web", result)
     controller.reconcile(Facts(now=NOW, monotonic=0.0))
@@ -73,7 +73,7 @@ def test_a_failing_check_reports_its_failure_while_it_rises_again(made):
 
 
 def test_a_reload_restarts_only_the_checks_that_changed_and_forgets_removed_ones(made):
-    controller, started, events, woken = made
+    controller, started, _events, _woken = made
     controller._deliver("api", passed("ok"))
     controller._deliver("api", passed("ok"))
     controller.reconcile(Facts(now=NOW, monotonic=0.0))
@@ -86,7 +86,7 @@ def test_a_reload_restarts_only_the_checks_that_changed_and_forgets_removed_ones
 
 
 def test_a_prepared_change_that_is_discarded_starts_nothing(made):
-    controller, started, events, woken = made
+    controller, started, _events, _woken = made
     started.clear()
     controller.prepare(config_module.parse(CHECKS.replace("fall = 2", "fall = 5"))).discard()
     assert started == []

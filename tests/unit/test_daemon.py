@@ -97,7 +97,7 @@ def made(tmp_path, monkeypatch, logged):
 
 
 def test_a_cycle_runs_every_controller_in_order_and_joins_their_clauses(made):
-    daemon, controllers, notes, status_file = made
+    daemon, _controllers, notes, status_file = made
     daemon.cycle(["start"])
     assert daemon.sentence == "first says; core says; last says"
     assert json.loads(status_file.read_text())["sentence"] == daemon.sentence
@@ -105,7 +105,7 @@ def test_a_cycle_runs_every_controller_in_order_and_joins_their_clauses(made):
 
 
 def test_a_controller_that_raises_is_reported_once_and_the_others_go_on(made, logged):
-    daemon, controllers, notes, status_file = made
+    daemon, controllers, _notes, status_file = made
     controllers[0].broken = "a bug"
     daemon.cycle(["x"])
     daemon.cycle(["y"])
@@ -118,7 +118,7 @@ def test_a_controller_that_raises_is_reported_once_and_the_others_go_on(made, lo
 
 
 def test_a_failed_controller_that_works_again_is_said_to_have_recovered(made, logged):
-    daemon, controllers, notes, status_file = made
+    daemon, controllers, _notes, status_file = made
     controllers[2].broken = "flaky"
     daemon.cycle(["x"])
     controllers[2].broken = None
@@ -128,7 +128,7 @@ def test_a_failed_controller_that_works_again_is_said_to_have_recovered(made, lo
 
 
 def test_the_watchdog_is_fed_while_only_a_non_essential_controller_fails(made):
-    daemon, controllers, notes, status_file = made
+    daemon, controllers, notes, _status_file = made
     controllers[0].broken = "a bug in shipping logs"
     daemon.cycle(["x"])
     assert daemon._ping() is True
@@ -145,7 +145,7 @@ def test_the_watchdog_is_withheld_when_the_essential_controller_fails(made):
 
 
 def test_the_watchdog_is_withheld_when_a_worker_is_stuck(made):
-    daemon, controllers, notes, status_file = made
+    daemon, controllers, _notes, _status_file = made
     controllers[2].stuck = ["loki"]
     daemon.cycle(["x"])
     assert daemon._withhold_reasons() == ["loki"]
@@ -153,7 +153,7 @@ def test_the_watchdog_is_withheld_when_a_worker_is_stuck(made):
 
 
 def test_a_refused_reload_changes_nothing_and_says_why(made, tmp_path, logged):
-    daemon, controllers, notes, status_file = made
+    daemon, _controllers, notes, status_file = made
     daemon.cycle(["start"])
     (tmp_path / "agent.toml").write_text('[agent]\nreconcile_interval = "soon"\n')
     daemon.reload()
@@ -164,7 +164,7 @@ def test_a_refused_reload_changes_nothing_and_says_why(made, tmp_path, logged):
 
 
 def test_a_shutdown_stops_the_last_controller_after_publishing_the_final_status(made):
-    daemon, controllers, notes, status_file = made
+    daemon, controllers, _notes, status_file = made
     order = []
     controllers[0].stop = lambda: order.append("first")  # type: ignore[method-assign]
     controllers[2].stop = lambda: order.append(("last", json.loads(status_file.read_text())["state"]))  # type: ignore[method-assign]

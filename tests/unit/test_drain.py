@@ -17,7 +17,10 @@ NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 NO_REQUEST = LockInfo(False)
 
 
-def seen(signals=(), shutdown=Shutdown(), now=100.0, request=NO_REQUEST):
+NOT_DRAINING = Shutdown()
+
+
+def seen(signals=(), shutdown=NOT_DRAINING, now=100.0, request=NO_REQUEST):
     return Observation(request, tuple(signals), shutdown, now, 4.0)
 
 
@@ -118,14 +121,14 @@ def made(tmp_path, monkeypatch):
 
 
 def test_a_node_that_answers_agent_check_holds_the_delay_lock(made):
-    controller, events, woken, state = made
+    _controller, events, _woken, _state = made
     assert len(FakeInhibitor.made) == 1
     assert [e.name for e in events] == ["shutdown_drain.armed"]
     assert drain_module.wants_inhibitor(config_module.parse("")) is False
 
 
 def test_prepare_for_shutdown_drains_then_releases_when_due(made):
-    controller, events, woken, state = made
+    controller, _events, woken, _state = made
     FakeInhibitor.made[0].on_prepare(True)
     assert woken == ["shutdown:prepare"]
     facts, sentence = controller.reconcile(Facts(now=NOW, monotonic=10.0))
@@ -137,9 +140,9 @@ def test_prepare_for_shutdown_drains_then_releases_when_due(made):
 
 
 def test_a_drain_file_drains_the_node_with_its_reason(made):
-    controller, events, woken, state = made
+    controller, _events, _woken, state = made
     (state / "drain").write_bytes(encode_lock("abc", "alice", NOW, "kernel update", "app1"))
-    facts, sentence = controller.reconcile(Facts(now=NOW, monotonic=1.0))
+    facts, _sentence = controller.reconcile(Facts(now=NOW, monotonic=1.0))
     assert facts.drain == "kernel update"
     shown = controller.status()
     assert (shown.request.by, shown.request.id, shown.reason) == ("alice", "abc", "kernel update")

@@ -88,7 +88,7 @@ def made(monkeypatch, tmp_path):
 
 
 def test_the_worker_gets_each_change_once_and_its_report_becomes_the_status(made):
-    controller, config, woken = made
+    controller, _config, woken = made
     worker = FakeWorker.made[0]
     assert worker.started and woken == ["haproxy"]
     facts = Facts(now=NOW, monotonic=0.0, checks={"web1": FAILING, "other": CheckState()})
@@ -103,7 +103,7 @@ def test_the_worker_gets_each_change_once_and_its_report_becomes_the_status(made
 
 
 def test_an_unchanged_reload_keeps_the_worker_and_a_changed_one_replaces_it(made):
-    controller, config, woken = made
+    controller, config, _woken = made
     controller.prepare(config).commit()
     assert len(FakeWorker.made) == 1
     controller.prepare(config_module.parse(CONFIG.replace("local = true", "local = false"))).commit()

@@ -48,7 +48,7 @@ def made(monkeypatch, tmp_path):
 
 
 def test_commit_sets_the_level_and_starts_the_shipper(made):
-    controller, configured, base = made
+    _controller, configured, _base = made
     assert configured == [("debug", "auto")]
     assert FakeShipper.made[0].started
 

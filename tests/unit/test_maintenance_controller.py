@@ -70,7 +70,7 @@ def names(events):
 
 
 def test_a_lock_puts_the_marker_there_and_tells_the_next_controllers(setup):
-    controller, config, events, state = setup
+    controller, _config, events, state = setup
     (state / "maintenance.lock").touch()
     facts, sentence = cycle(controller)
     assert (state / "maintenance").exists()
@@ -82,11 +82,11 @@ def test_a_lock_puts_the_marker_there_and_tells_the_next_controllers(setup):
 
 
 def test_a_write_that_keeps_failing_is_said_once_and_its_end_once(setup):
-    controller, config, events, state = setup
+    controller, _config, events, state = setup
     (state / "maintenance.lock").touch()
     (state / "maintenance").mkdir()  # the marker cannot be written over a directory
     for _ in range(3):
-        facts, sentence = cycle(controller)
+        _facts, sentence = cycle(controller)
     assert names(events).count("maintenance.apply_failed") == 1
     assert "FAILED: cannot write" in sentence
     assert controller.status().applied is False
@@ -97,7 +97,7 @@ def test_a_write_that_keeps_failing_is_said_once_and_its_end_once(setup):
 
 
 def test_a_lost_watch_is_set_up_again_and_said_once_lost_and_once_back(setup):
-    controller, config, events, state = setup
+    controller, _config, events, state = setup
     controller.made[-1].problems = [f"{state} was replaced by another directory"]
     controller.next_problems = [f"{state} does not exist"]
     cycle(controller)
@@ -115,13 +115,13 @@ def test_a_lost_watch_is_set_up_again_and_said_once_lost_and_once_back(setup):
 
 
 def test_a_reload_with_the_same_files_keeps_the_watch(setup):
-    controller, config, events, state = setup
+    controller, config, _events, _state = setup
     controller.prepare(config).commit()
     assert len(controller.made) == 1
 
 
 def test_a_discarded_reload_stops_the_watch_it_prepared_and_keeps_the_running_one(setup, tmp_path):
-    controller, config, events, state = setup
+    controller, config, _events, _state = setup
     other = tmp_path / "other"
     other.mkdir()
     change = controller.prepare(config_module.parse(f'[maintenance]\nmarker = "{other}/m"\nlock = "{other}/l"\n'))
@@ -140,7 +140,7 @@ def test_missing_directories_are_refused_with_their_toml_paths(tmp_path):
 
 
 def test_the_window_edge_timer_is_a_file_descriptor_of_the_loop(setup):
-    controller, config, events, state = setup
+    controller, _config, _events, _state = setup
     cycle(controller)
-    (fd, read), = controller.fds().items()
+    (_fd, read), = controller.fds().items()
     assert read() == "timer"  # nothing happened yet

@@ -68,6 +68,13 @@ def parse_duration(value: Any) -> float:
         hint = f' (write "{value}s" or "{value}ms")' if number and 0 < value < float("inf") else ""
         raise ValueError(f'expected a duration such as "2s" or "500ms", got {_type_name(value)}{hint}')
     text = value.strip()
+    if text.startswith("-"):
+        try:
+            parse_duration(text[1:])
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f'expected a duration greater than zero, got "{_excerpt(value)}"')
     pos, total = 0, 0.0
     for match in _DURATION_RE.finditer(text):
         if match.start() != pos:

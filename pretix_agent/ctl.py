@@ -126,13 +126,14 @@ def invoking_user() -> str:
     return name
 
 
-def say(text: str, error: bool = False) -> None:
-    """Print one or more lines for people, control characters escaped. A closed stdout is not an error."""
+def say(line: str, error: bool = False) -> None:
+    """Print one line for people, control characters (newlines too) escaped. A closed stdout is not an
+    error."""
     stream = sys.stderr if error else sys.stdout
     if stream is None:
         return
     try:
-        stream.write("\n".join(printable(line) for line in text.split("\n")) + "\n")
+        stream.write(printable(line) + "\n")
         stream.flush()
     except BrokenPipeError:
         # The reader went away. Point the descriptor at /dev/null so the interpreter's final flush
@@ -320,7 +321,8 @@ def show_status(config: config_module.Config, as_json: bool) -> int:
         out["daemon"] = {"alive": liveness.alive, "reason": liveness.reason, "age": round(liveness.age, 3)}
         say(json.dumps(out))
         return code
-    say("\n".join(status_lines(document, liveness)))
+    for line in status_lines(document, liveness):
+        say(line)
     return code
 
 

@@ -75,7 +75,8 @@ class Daemon:
         except AgentError as error:
             for line in error.problems if isinstance(error, ConfigError) else [error]:
                 self.log.error("agent.start_failed", error=str(line))
-            self._shutdown()
+            for controller in self.controllers:  # nothing was committed: no status to publish
+                self._stop(controller)
             return 1
         self.log.info("agent.started", version=__version__, pid=os.getpid(), node=self.config.agent.node,
                       config=str(self.config_path), notify=self.notifier.enabled,

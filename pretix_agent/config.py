@@ -28,8 +28,8 @@ from typing import Any
 
 from .display import printable
 from .errors import ConfigError, ConfigProblem
-from .maintenance.schedule import Window, parse_weekly_time
 from .redact import redact_text
+from .schedule import Window, parse_weekly_time
 
 if sys.version_info >= (3, 11):
     import tomllib

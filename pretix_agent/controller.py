@@ -28,11 +28,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from .checks.health import CheckState
+from .check_results import CheckState
 from .config import Config
 from .errors import ConfigProblem
 from .events import Event
-from .maintenance.decide import State as MaintenanceState
+
+
+@dataclass(frozen=True)
+class MaintenanceFact:
+    """Maintenance as this cycle decided it."""
+
+    on: bool
+    cause: str | None  # lock, window, hand_edit while on
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class Facts:
     trigger: tuple[str, ...] = ()  # why this cycle runs: "file:maintenance.lock", "check:db", "backstop"
     checks: Mapping[str, CheckState] = field(default_factory=dict)
     drain: str | None = None  # why this node is drained right now, or None
-    maintenance: MaintenanceState | None = None
+    maintenance: MaintenanceFact | None = None
     flush_logs: bool = False  # something wants the log shipper to send at once (a shutdown drain)
 
 

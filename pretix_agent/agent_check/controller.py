@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import status
-from ..checks.health import CheckState
+from ..check_results import CheckState
 from ..config import AgentCheckSection, Config, split_host_port
 from ..controller import Change, Controller, Facts, Services, Swap
 from ..errors import ConfigError, ConfigProblem

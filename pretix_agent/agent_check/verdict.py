@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..checks.health import FAILING, PASSING, CheckState
+from ..check_results import FAILING, PASSING, CheckState
 from ..config import AgentCheckSection
 from ..haproxy.agent_check import agent_answer
 

@@ -10,40 +10,10 @@ makes it failing at once, because waiting `fall` intervals only sends requests i
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
+from ..check_results import FAIL, FAILING, PASS, PASSING, UNKNOWN, CheckState, ProbeResult
 from ..config import CheckSpec
 from ..events import Event
-from .model import FAIL, PASS, ProbeResult
-
-PASSING = "passing"
-FAILING = "failing"
-UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class CheckState:
-    state: str = UNKNOWN
-    passes: int = 0  # consecutive passes
-    misses: int = 0  # consecutive fails or unknowns
-    probes: int = 0
-    last: ProbeResult | None = None
-    since_probe: int = 0  # the probe number at which `state` was entered
-    # The latest probe that did not pass, kept until the check passes again: while a failing check
-    # rises, `last` is already a pass, and "failing: HTTP 200" would tell an operator nothing.
-    failure: ProbeResult | None = None
-
-    def hard_failure(self) -> bool:
-        """True when failing and the latest probe said the service is gone (not merely slow)."""
-        return self.state == FAILING and self.last is not None and self.last.hard
-
-    def why(self) -> str:
-        """Why the check is in its state, in words: the failure that made it fail (and how far it has
-        risen since), or the latest probe's reason."""
-        if self.state != PASSING and self.failure is not None:
-            rising = f" (passing again: {self.passes} so far)" if self.passes else ""
-            return self.failure.reason + rising
-        return self.last.reason if self.last is not None else "no probe yet"
 
 
 def advance(current: CheckState, result: ProbeResult, fall: int, rise: int) -> CheckState:
@@ -98,3 +68,6 @@ def summary(states: Mapping[str, CheckState]) -> str:
         if names:
             parts.append(f"{len(names)} {state}" + ("" if state == PASSING else f" ({', '.join(names)})"))
     return "checks: " + ", ".join(parts)
+
+
+__all__ = ["FAILING", "PASSING", "UNKNOWN", "CheckState", "advance", "apply_results", "summary"]

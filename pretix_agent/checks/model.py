@@ -9,44 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
-PASS = "pass"
-FAIL = "fail"
-UNKNOWN = "unknown"
+# The model itself lives in check_results.py; these names are re-exported for the probes.
+from ..check_results import FAIL, PASS, UNKNOWN, ProbeResult, failed, passed, unknown
 
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """One probe's outcome: `pass`, `fail` or `unknown`; one line for people; measured values.
-
-    `hard` marks failures that mean the service is gone (connection refused, process or unit
-    not running), as opposed to soft ones (timeouts of an overloaded node): haproxy acts on hard
-    failures at once and on soft ones only when another server can take the load.
-    """
-
-    outcome: str
-    reason: str
-    values: Mapping[str, Any] = field(default_factory=dict)
-    hard: bool = False
-
-    def __post_init__(self) -> None:
-        if self.outcome not in (PASS, FAIL, UNKNOWN):
-            raise ValueError(f"outcome must be pass, fail or unknown, not {self.outcome!r}")
-
-
-def passed(reason: str, **values: Any) -> ProbeResult:
-    return ProbeResult(PASS, reason, values)
-
-
-def failed(reason: str, hard: bool = False, **values: Any) -> ProbeResult:
-    return ProbeResult(FAIL, reason, values, hard)
-
-
-def unknown(reason: str, **values: Any) -> ProbeResult:
-    return ProbeResult(UNKNOWN, reason, values)
+__all__ = ["FAIL", "PASS", "UNKNOWN", "Deadline", "Probe", "ProbeResult", "ProbeStopped", "failed", "passed",
+           "unknown"]
 
 
 class ProbeStopped(Exception):

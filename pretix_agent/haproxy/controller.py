@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import status
-from ..checks.health import CheckState
+from ..check_results import CheckState
 from ..config import Config, HaproxySection
 from ..controller import Change, Controller, Facts, Services, Swap, Worker
 from ..errors import ConfigError, ConfigProblem

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..checks.health import FAILING, PASSING, CheckState
+from ..check_results import FAILING, PASSING, CheckState
 from ..config import HaproxySection, HaproxyServer
 from ..events import Event
 

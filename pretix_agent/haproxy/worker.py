@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters import files
-from ..checks.health import CheckState
+from ..check_results import CheckState
 from ..config import HaproxySection
 from ..errors import FileWriteError
 from ..events import Event

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 from .. import status
 from ..adapters.clock import WallTimer
 from ..config import Config, MaintenanceSection
-from ..controller import Change, Controller, Facts, Services, Swap
+from ..controller import Change, Controller, Facts, MaintenanceFact, Services, Swap
 from ..errors import AgentError, ConfigError, ConfigProblem
 from ..events import Event
+from ..schedule import Schedule
 from . import files
 from .decide import Decision, LockInfo, Observation, State
 from .decide import decide as decide_maintenance
-from .schedule import Schedule
 
 if TYPE_CHECKING:
     from ..adapters.inotify import FileWatcher
@@ -143,7 +143,8 @@ class MaintenanceController(Controller[Observed, Step]):
             self.timer.arm(boundary.timestamp() - self.clock_offset if boundary is not None else None)
         if decision.rewatch:
             self._rewatch()
-        return dataclasses.replace(facts, maintenance=decision.decision.state)
+        state = decision.decision.state
+        return dataclasses.replace(facts, maintenance=MaintenanceFact(state.on, state.cause))
 
     def reconcile(self, facts: Facts) -> tuple[Facts, str]:
         facts, sentence = super().reconcile(facts)

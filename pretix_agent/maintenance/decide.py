@@ -18,7 +18,7 @@ from typing import Any
 
 from ..display import holder
 from ..events import Event
-from .schedule import Schedule, evaluate
+from ..schedule import Schedule, evaluate
 
 MARKER_TAG = "pretix_agent_marker"
 LOCK_TAG = "pretix_agent_lock"

@@ -14,7 +14,7 @@ import pytest
 
 from pretix_agent import config
 from pretix_agent.errors import ConfigError
-from pretix_agent.maintenance.schedule import WeeklyTime, Window
+from pretix_agent.schedule import WeeklyTime, Window
 
 
 def problems_of(text: str) -> list:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pretix_agent import config
-from pretix_agent.maintenance.schedule import Schedule, WeeklyTime, Window, is_inside
+from pretix_agent.schedule import Schedule, WeeklyTime, Window, is_inside
 
 if sys.version_info >= (3, 11):
     import tomllib

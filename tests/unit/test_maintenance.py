@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pretix_agent.maintenance import decide as m
-from pretix_agent.maintenance.schedule import Schedule, Window, parse_weekly_time
+from pretix_agent.schedule import Schedule, Window, parse_weekly_time
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # Sunday 22:00 to Monday 05:00 Berlin time, the weekly accounting cut-off of the seed.

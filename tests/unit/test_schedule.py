@@ -1,4 +1,4 @@
-"""Tests for pretix_agent.maintenance.schedule: weekly maintenance-window maths, edges first.
+"""Tests for pretix_agent.schedule: weekly maintenance-window maths, edges first.
 
 Dates used below (all verified against tzdata):
   2026-01-05 is a Monday; 2026-01-07 a Wednesday; 2026-01-11 a Sunday.
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pretix_agent.maintenance.schedule import (
+from pretix_agent.schedule import (
     Schedule,
     ScheduleState,
     WeeklyTime,

@@ -80,9 +80,7 @@ def decide(snapshot: Snapshot, options: LockFencingSection, memory: Memory) -> D
         backend = snapshot.backends.get(pid)
         if pid == snapshot.own_pid or backend is None:
             continue  # the agent itself; or a session that ended between pg_locks and pg_stat_activity
-        if backend.backend_type != "client backend":
-            spared.append(f"pid {pid} is a {backend.backend_type or 'backend of unknown type'}")
-            continue
+        # The role and database are shown to every role; the state only with pg_read_all_stats.
         if options.databases and backend.database not in options.databases:
             spared.append(f"pid {pid} is in database {backend.database}, not watched")
             continue
@@ -94,6 +92,9 @@ def decide(snapshot: Snapshot, options: LockFencingSection, memory: Memory) -> D
             if pid not in memory.hidden:
                 events.append(_hidden_event(backend, what))
             spared.append(f"pid {pid}'s state is hidden (the role needs pg_read_all_stats)")
+            continue
+        if backend.backend_type != "client backend":
+            spared.append(f"pid {pid} is a {backend.backend_type or 'backend of unknown type'}")
             continue
         if backend.state not in IDLE_IN_TRANSACTION:
             spared.append(f"pid {pid} is {_state_words(backend.state)}, left alone")

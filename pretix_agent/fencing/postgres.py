@@ -26,7 +26,7 @@ from .model import AdvisoryLock, Backend, Fence, LockKey, Outcome, Snapshot
 SNAPSHOT_SQL = """
 SELECT l.pid, l.database, l.classid, l.objid, l.objsubid, l.mode, l.granted,
        CASE WHEN l.granted THEN NULL ELSE array_to_string(pg_blocking_pids(l.pid), ',') END,
-       a.state, extract(epoch FROM now() - a.state_change)::float8, a.state_change::text,
+       a.pid, a.state, extract(epoch FROM now() - a.state_change)::float8, a.state_change::text,
        extract(epoch FROM now() - a.xact_start)::float8, a.backend_type, a.datname, a.usename,
        a.application_name, host(a.client_addr), a.client_port
   FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
@@ -150,17 +150,17 @@ def parse_snapshot(own_pid: int, rows: list[tuple[str | None, ...]]) -> Snapshot
     """Given SNAPSHOT_SQL's rows (text, None for NULL), return the Snapshot they describe."""
     backends: dict[int, Backend] = {}
     locks = []
-    for (pid, database, classid, objid, objsubid, mode, granted, blocked_by, state, state_age, state_change,
-         xact_age, backend_type, datname, usename, application_name, client_addr, client_port) in rows:
+    for (pid, database, classid, objid, objsubid, mode, granted, blocked_by, activity_pid, state, state_age,
+         state_change, xact_age, backend_type, datname, usename, application_name, client_addr, client_port) in rows:
         if pid is None:
             continue  # a prepared transaction holds it: no session to terminate
         number = int(pid)
         key = LockKey(int(database or 0), int(classid or 0), int(objid or 0), int(objsubid or 0))
         blockers = tuple(int(p) for p in blocked_by.split(",") if p) if blocked_by else ()
         locks.append(AdvisoryLock(number, key, mode or "", granted == "t", blockers))
-        # No pg_stat_activity row (backend_type is visible to every role): the session ended between
-        # the two views, or a prepared transaction holds the lock. Either way, nobody to terminate.
-        if number not in backends and backend_type is not None:
+        # No pg_stat_activity row at all (its pid is visible to every role, unlike the rest): the
+        # session ended between the two views. Nobody to terminate.
+        if number not in backends and activity_pid is not None:
             backends[number] = Backend(
                 pid=number, state=state, state_age=_float(state_age), xact_age=_float(xact_age),
                 state_change=state_change, backend_type=backend_type, database=datname, user=usename,

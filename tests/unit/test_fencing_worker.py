@@ -138,18 +138,20 @@ def test_the_thread_beats_after_every_round_and_stops_at_once():
 
 
 def test_a_snapshot_is_parsed_from_the_queries_text_rows():
-    row_held = ("4242", "16384", "0", str((17 << 16) | 2), "1", "ExclusiveLock", "t", None, "idle in transaction",
+    row_held = ("4242", "16384", "0", str((17 << 16) | 2), "1", "ExclusiveLock", "t", None, "4242", "idle in transaction",
                 "2.5", "2026-08-01 12:00:00.1+00", "2.6", "client backend", "pretix", "pretix", "gunicorn",
                 "10.0.0.21", "51234")
-    row_waiting = ("5151", "16384", "0", str((17 << 16) | 2), "1", "ExclusiveLock", "f", "4242,4343", "active",
+    row_waiting = ("5151", "16384", "0", str((17 << 16) | 2), "1", "ExclusiveLock", "f", "4242,4343", "5151", "active",
                    "0.4", "t", "0.4", "client backend", "pretix", "pretix", "", None, "-1")
-    row_gone = ("6000", "16384", "0", "1", "1", "ExclusiveLock", "t", None, None, None, None, None, None, None,
-                None, None, None, None)
-    row_prepared = (None, "16384", "0", "2", "1", "ExclusiveLock", "t") + (None,) * 11
-    seen = parse_snapshot(7, [row_held, row_waiting, row_gone, row_prepared])
+    row_gone = ("6000", "16384", "0", "1", "1", "ExclusiveLock", "t") + (None,) * 12
+    row_hidden = ("6100", "16384", "0", "1", "1", "ExclusiveLock", "t", None, "6100", None, None, None, None, None,
+                  "pretix", "pretix", "", None, None)
+    row_prepared = (None, "16384", "0", "2", "1", "ExclusiveLock", "t") + (None,) * 12
+    seen = parse_snapshot(7, [row_held, row_waiting, row_gone, row_hidden, row_prepared])
     assert seen.own_pid == 7
-    assert set(seen.backends) == {4242, 5151}  # 6000 ended between pg_locks and pg_stat_activity
+    assert set(seen.backends) == {4242, 5151, 6100}  # 6000 ended between pg_locks and pg_stat_activity
+    assert seen.backends[6100].state is None and seen.backends[6100].backend_type is None
     assert seen.backends[4242].application_name == "gunicorn" and seen.backends[4242].state_age == 2.5
     assert seen.backends[5151].client_addr is None and seen.backends[5151].client_port == -1
     assert [(lock.pid, lock.granted, lock.blocked_by) for lock in seen.locks] == [
-        (4242, True, ()), (5151, False, (4242, 4343)), (6000, True, ())]
+        (4242, True, ()), (5151, False, (4242, 4343)), (6000, True, ()), (6100, True, ())]

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
+
 from .processes import FixtureError, die_with_parent, process_state, wait_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +127,7 @@ def _lock_statement(advisory: list[int], shared: list[int], row: str | None) -> 
     return "SELECT " + ", ".join(calls)
 
 
-def _hold(connection, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+def _hold(connection: psycopg.Connection, args: argparse.Namespace) -> None:
     with connection.transaction():
         connection.execute(f"SET LOCAL lock_timeout = '{PRETIX_LOCK_TIMEOUT}'")
         if args.advisory or args.shared:
@@ -144,9 +146,7 @@ def _hold(connection, args: argparse.Namespace) -> None:  # type: ignore[no-unty
             _say("done")
 
 
-def _wait(connection, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
-    import psycopg
-
+def _wait(connection: psycopg.Connection, args: argparse.Namespace) -> None:
     _say(f"waiting {connection.info.backend_pid}")
     started = time.monotonic()
     attempts = 0
@@ -165,8 +165,6 @@ def _wait(connection, args: argparse.Namespace) -> None:  # type: ignore[no-unty
 
 
 def main() -> int:
-    import psycopg
-
     parser = argparse.ArgumentParser(prog="lock_clients")
     parser.add_argument("mode", choices=("hold", "wait"))
     parser.add_argument("--dsn", required=True)

@@ -223,7 +223,7 @@ def looked_long_enough(fencing: Watched, since: float, options: LockFencingSecti
 def test_a_statement_running_while_it_holds_an_advisory_lock_is_left_alone(pg, clients, watched):
     options = section(pg, **LEFT_ALONE)
     fencing = start(watched, options)
-    holder, holder_pid = hold(pg, clients, "--advisory", str(KEY), "--then", "active:60")
+    _, holder_pid = hold(pg, clients, "--advisory", str(KEY), "--then", "active:60")
     wait_for(pg, clients, "--advisory", str(KEY), "--retry-for", "30")
     since = time.time()
     status = looked_long_enough(fencing, since, options)

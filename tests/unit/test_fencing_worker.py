@@ -25,10 +25,13 @@ def hung(age: float = 2.5, pid: int = 4242) -> Snapshot:
     return Snapshot(1, {pid: holder, 5151: waiter}, locks)
 
 
+TERMINATED = Outcome("terminated")
+
+
 class FakePrimary:
     """Answers with the snapshots (or Unreachable errors) it is given, one per look."""
 
-    def __init__(self, looks, outcome: Outcome = Outcome("terminated")):
+    def __init__(self, looks, outcome: Outcome = TERMINATED):
         self.looks = list(looks)
         self.outcome = outcome
         self.terminated: list[int] = []
@@ -138,9 +141,9 @@ def test_the_thread_beats_after_every_round_and_stops_at_once():
 
 
 def test_a_snapshot_is_parsed_from_the_queries_text_rows():
-    row_held = ("4242", "16384", "0", str((17 << 16) | 2), "1", "ExclusiveLock", "t", None, "4242", "idle in transaction",
-                "2.5", "2026-08-01 12:00:00.1+00", "2.6", "client backend", "pretix", "pretix", "gunicorn",
-                "10.0.0.21", "51234")
+    row_held = ("4242", "16384", "0", str((17 << 16) | 2), "1", "ExclusiveLock", "t", None, "4242",
+                "idle in transaction", "2.5", "2026-08-01 12:00:00.1+00", "2.6", "client backend", "pretix",
+                "pretix", "gunicorn", "10.0.0.21", "51234")
     row_waiting = ("5151", "16384", "0", str((17 << 16) | 2), "1", "ExclusiveLock", "f", "4242,4343", "5151", "active",
                    "0.4", "t", "0.4", "client backend", "pretix", "pretix", "", None, "-1")
     row_gone = ("6000", "16384", "0", "1", "1", "ExclusiveLock", "t") + (None,) * 12

@@ -8,11 +8,11 @@ process with one connection, so a test can SIGSTOP it the way a hung gunicorn wo
         pg_advisory_xact_lock); print "ready <backend pid>"; then either sit idle in the transaction
         until stdin closes (idle), or run SELECT pg_sleep(SECONDS) holding them (active) and print
         "done".
-    wait --advisory K | --row TABLE:ID [--retry-for SECONDS]
-        print "waiting <backend pid>", then try like a pretix order: BEGIN; SET LOCAL lock_timeout =
-        '3s'; take the lock; COMMIT. On a lock timeout, try again until --retry-for is up. Print
-        "acquired <seconds> <attempts>" or "gave_up <seconds> <attempts>", seconds counted from the
-        first try.
+    wait --advisory K | --row TABLE:ID [--retry-for SECONDS] [--gate]
+        print "waiting <backend pid>" (with --gate: then wait for a line on stdin), then try like a
+        pretix order: BEGIN; SET LOCAL lock_timeout = '3s'; take the lock; COMMIT. On a lock timeout,
+        try again until --retry-for is up. Print "acquired <seconds> <attempts>" or "gave_up
+        <seconds> <attempts>", seconds counted from the first try.
 
 `LockClient` starts one from a test and reads its lines with a deadline.
 """
@@ -72,6 +72,12 @@ class LockClient:
         if not words or words[0] != word:
             raise FixtureError(f"expected {word!r} from the client, got {words}")
         return words[1:]
+
+    def send(self, line: str = "") -> None:
+        """Write a line to its stdin (opens a --gate)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
 
     def stderr(self) -> str:
         if self.process.poll() is None:
@@ -148,6 +154,8 @@ def _hold(connection: psycopg.Connection, args: argparse.Namespace) -> None:
 
 def _wait(connection: psycopg.Connection, args: argparse.Namespace) -> None:
     _say(f"waiting {connection.info.backend_pid}")
+    if args.gate:
+        sys.stdin.readline()  # connected and ready: the caller says when the order comes in
     started = time.monotonic()
     attempts = 0
     while True:
@@ -173,6 +181,7 @@ def main() -> int:
     parser.add_argument("--row")
     parser.add_argument("--then", default="idle")
     parser.add_argument("--retry-for", type=float, default=0.0)
+    parser.add_argument("--gate", action="store_true")
     args = parser.parse_args()
     with psycopg.connect(args.dsn, autocommit=True) as connection:
         (_hold if args.mode == "hold" else _wait)(connection, args)

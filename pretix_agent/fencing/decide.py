@@ -23,6 +23,8 @@ from ..config import LockFencingSection
 from ..events import Event
 from .model import IDLE_IN_TRANSACTION, AdvisoryLock, Backend, Fence, LockKey, Memory, Outcome, Snapshot
 
+WOULD_TERMINATE = "would_terminate"
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -107,27 +109,26 @@ def decide(snapshot: Snapshot, options: LockFencingSection, memory: Memory) -> D
         fences.append(Fence(backend, what.keys, what.waiters, backend.state_age, _reason(backend, what, options)))
 
     # Forget what is over, so the memory stays as small as what is going on now.
-    episodes = frozenset(fence.episode for fence in fences)
-    reported = memory.reported & episodes
+    episodes = {fence.episode for fence in fences}
+    said = frozenset(entry for entry in memory.said if (entry[0], entry[1]) in episodes)
     first_seen: tuple[Fence, ...] = ()
     if not options.enforce:
-        first_seen = tuple(fence for fence in fences if fence.episode not in reported)
+        first_seen = tuple(fence for fence in fences if not memory.has_said(fence.episode, WOULD_TERMINATE))
         events.extend(fence_event(fence, None, options) for fence in first_seen)
-        reported = episodes
-    new_memory = Memory(reported=reported, hidden=frozenset(hidden))
+        said |= {(*fence.episode, WOULD_TERMINATE) for fence in first_seen}
+    new_memory = Memory(said=said, hidden=frozenset(hidden))
     return Decision(tuple(fences), first_seen, tuple(events), new_memory, min(recheck) if recheck else None,
                     _sentence(fences, watching, spared, snapshot, options))
 
 
 def after_terminate(memory: Memory, fence: Fence, outcome: Outcome,
                     options: LockFencingSection) -> tuple[Memory, Event | None]:
-    """Given what a terminate did, return the memory and the event to log, or None if this
-    episode's failure was said already (a refused terminate is retried every round, said once)."""
-    if outcome.kind == "terminated":
-        return memory, fence_event(fence, outcome, options)
-    if fence.episode in memory.reported:
+    """Given what a terminate did, return the memory and the event to log, or None if this episode
+    had this outcome said already: a refused terminate is retried every round but said once, and a
+    session signalled twice (seen again before it had exited) is one fence."""
+    if memory.has_said(fence.episode, outcome.kind):
         return memory, None
-    remembered = Memory(reported=memory.reported | {fence.episode}, hidden=memory.hidden)
+    remembered = Memory(said=memory.said | {(*fence.episode, outcome.kind)}, hidden=memory.hidden)
     return remembered, fence_event(fence, outcome, options)
 
 

@@ -115,11 +115,15 @@ class Fence:
 
 @dataclass(frozen=True)
 class Memory:
-    """What earlier rounds reported, so one fence (or dry-run finding, or blind spot) is one event,
-    not one per round."""
+    """What earlier rounds said, so one fence (or dry-run finding, refusal, blind spot) is one event,
+    not one per round: `said` holds (pid, state_change, what was said) of the episodes still going
+    on; `hidden` the pids whose hidden state was reported."""
 
-    reported: frozenset[Episode] = frozenset()
+    said: frozenset[tuple[int, str, str]] = frozenset()
     hidden: frozenset[int] = frozenset()
+
+    def has_said(self, episode: Episode, what: str) -> bool:
+        return (*episode, what) in self.said
 
 
 @dataclass(frozen=True)

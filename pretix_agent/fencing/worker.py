@@ -71,6 +71,8 @@ class LockFencer:
         try:
             snapshot = self.primary.observe()
         except Unreachable as error:
+            if self._stopped.is_set():
+                return 0.0  # stop() aborted the query: not the primary's fault, nothing to report
             self._failed(str(error))
             return self.section.interval
         if self._unreachable:
@@ -103,6 +105,8 @@ class LockFencer:
         if event is not None:
             self.log_event(event)
         if outcome.kind == "terminated":
+            if event is None:
+                return status  # signalled again before it had exited: still the one fence
             return dataclasses.replace(status, fences_total=status.fences_total + 1,
                                        last_fence=self._fence_report(fence, "terminated"))
         if outcome.kind == "moved_on":

@@ -217,3 +217,13 @@ def test_a_hidden_holder_is_said_once_while_it_lasts():
     assert decide(seen, options(), first.memory).events == ()
     gone = decide(snapshot(None, []), options(), first.memory)
     assert gone.memory.hidden == frozenset()
+
+
+def test_a_session_signalled_again_before_it_exited_is_one_fence_and_a_later_success_is_still_said():
+    opts = options()
+    decision = decide(snapshot(backend(), HUNG_HOLDER), opts, Memory())
+    (fence,) = decision.fences
+    memory, first = after_terminate(decision.memory, fence, Outcome("failed", "timeout"), opts)
+    memory, second = after_terminate(memory, fence, Outcome("terminated"), opts)
+    memory, third = after_terminate(memory, fence, Outcome("terminated"), opts)
+    assert (first.name, second.name, third) == ("lock_fencing.terminate_failed", "lock_fencing.terminated", None)

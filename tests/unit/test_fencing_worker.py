@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 
@@ -158,3 +159,41 @@ def test_a_snapshot_is_parsed_from_the_queries_text_rows():
     assert seen.backends[5151].client_addr is None and seen.backends[5151].client_port == -1
     assert [(lock.pid, lock.granted, lock.blocked_by) for lock in seen.locks] == [
         (4242, True, ()), (5151, False, (4242, 4343)), (6000, True, ()), (6100, True, ())]
+
+
+def test_a_session_seen_again_after_its_terminate_is_counted_once():
+    primary = FakePrimary([hung()])  # the backend had not exited yet at the next look
+    recorder = Recorder(primary)
+    recorder.fencer.round()
+    recorder.fencer.round()
+    assert primary.terminated == [4242, 4242]
+    assert recorder.names() == ["lock_fencing.terminated"]
+    assert recorder.reports[-1].fences_total == 1
+
+
+class HangingPrimary(FakePrimary):
+    """A primary whose look hangs until abort() ends it, as a SIGSTOPped server's would."""
+
+    def __init__(self):
+        super().__init__([hung()])
+        self.looking = threading.Event()
+        self.released = threading.Event()
+
+    def observe(self) -> Snapshot:
+        self.looking.set()
+        self.released.wait(10)
+        raise Unreachable("timeout: no answer from db:5432 within 0.5 s (query)")
+
+    def abort(self) -> None:
+        super().abort()
+        self.released.set()
+
+
+def test_a_look_aborted_by_stop_is_not_reported_as_an_unreachable_primary():
+    primary = HangingPrimary()
+    recorder = Recorder(primary)
+    recorder.fencer.start()
+    assert primary.looking.wait(10)
+    recorder.fencer.stop()
+    assert not recorder.fencer.alive()
+    assert recorder.events == [] and recorder.reports == []

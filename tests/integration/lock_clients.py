@@ -34,6 +34,7 @@ import psycopg
 from .processes import FixtureError, die_with_parent, process_state, wait_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
+APPLICATION_NAME = "pretix-test-client"  # every client's application_name, to find their sessions
 PRETIX_LOCK_TIMEOUT = "3s"  # pretix/base/services/locking.py: LOCK_ACQUISITION_TIMEOUT = 3
 
 
@@ -183,7 +184,7 @@ def main() -> int:
     parser.add_argument("--retry-for", type=float, default=0.0)
     parser.add_argument("--gate", action="store_true")
     args = parser.parse_args()
-    with psycopg.connect(args.dsn, autocommit=True) as connection:
+    with psycopg.connect(args.dsn, autocommit=True, application_name=APPLICATION_NAME) as connection:
         (_hold if args.mode == "hold" else _wait)(connection, args)
     return 0
 

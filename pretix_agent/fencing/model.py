@@ -167,3 +167,7 @@ class FencingStatus:
     would_fence_total: int = 0
     failures_total: int = 0
     last_fence: FenceReport | None = None
+
+
+DISABLED = FencingStatus(enabled=False, enforce=False, sentence="lock fencing off: no [lock_fencing] dsn")
+"""The status to publish when lock fencing is not configured."""

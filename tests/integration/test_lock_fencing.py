@@ -347,3 +347,12 @@ def test_a_hung_primary_costs_one_timeout_per_round_and_stop_still_returns(pg, w
     finally:
         pg.primary.sigcont()
     assert len(fencing.named("lock_fencing.unreachable")) == 1
+
+
+def test_a_wrong_password_is_an_unreachable_primary_whose_error_never_shows_the_password(pg, watched):
+    secret = "wrong-secret-4711"
+    fencing = start(watched, section(pg, dsn=pg.dsn(password=secret), **LEFT_ALONE))
+    (event,) = wait_until(lambda: fencing.named("lock_fencing.unreachable"), timeout=15, message="the failure")
+    assert "password authentication failed" in event.fields["error"]
+    assert not fencing.status.connected and fencing.status.error == event.fields["error"]
+    assert secret not in repr(fencing.events) and secret not in repr(fencing.statuses)

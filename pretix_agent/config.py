@@ -226,12 +226,14 @@ def _optional_dsn(value: Any) -> str:
     return "" if value == "" else _dsn(value)
 
 
+_optional_dsn.kind = "libpq DSN or URL"  # type: ignore[attr-defined]
+
+
 _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
     _endpoint: "socket path or HOST:PORT", _optional_path: "absolute path", _boolean: "boolean",
-    _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL",
-    _optional_dsn: "libpq DSN or URL", _unit_list: "array of units",
+    _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL", _unit_list: "array of units",
 }
 
 

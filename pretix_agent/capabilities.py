@@ -12,12 +12,13 @@ from .config import Config
 from .controller import Controller, Services
 from .drain.controller import DrainController
 from .errors import ConfigProblem
+from .fencing.controller import FencingController
 from .haproxy.controller import HaproxyControl
 from .loki.controller import LogsController
 from .maintenance.controller import MaintenanceController
 
 CONTROLLER_TYPES = (ChecksController, DrainController, MaintenanceController, HaproxyControl, AgentCheckController,
-                    LogsController)
+                    FencingController, LogsController)
 
 
 def preflight(config: Config) -> list[ConfigProblem]:
@@ -31,4 +32,4 @@ def build_controllers(services: Services, bus: SharedConnection, clock_offset: f
     last (logs) is also stopped last, after the final status, so the stop's own events are shipped."""
     return [ChecksController(services, bus), DrainController(services, bus),
             MaintenanceController(services, clock_offset), HaproxyControl(services), AgentCheckController(services),
-            LogsController(services)]
+            FencingController(services), LogsController(services)]

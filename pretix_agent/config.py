@@ -297,6 +297,13 @@ def _dsn(value: Any) -> str:
     return text
 
 
+def _optional_dsn(value: Any) -> str:
+    return "" if value == "" else _dsn(value)
+
+
+_optional_dsn.kind = "libpq DSN or URL"  # type: ignore[attr-defined]
+
+
 _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
@@ -442,6 +449,23 @@ SCHEMA = Table("", {
         "max_backoff": Key(parse_duration, 300.0, "Longest retry delay; retries never stop."),
         "timeout": Key(parse_duration, 10.0, "Longest a push may take."),
     }),
+    "lock_fencing": Table("On a node that reaches the primary: terminate a hung session that holds pretix's "
+                          "advisory locks while other sessions wait for them (docs/lock_fencing.md).", {
+        "dsn": Key(_optional_dsn, "", 'libpq DSN of the primary, e.g. "host=10.0.0.10 dbname=postgres '
+                   'user=pretix_agent_fencing", as a role with pg_signal_backend and pg_read_all_stats; keep '
+                   "the password in a passfile; empty disables lock fencing."),
+        "max_hold": Key(parse_duration, 2.0, "Longest a session may sit idle in transaction holding an advisory "
+                        "lock others wait for; below pretix's 3 s lock_timeout, at least 500ms."),
+        "interval": Key(parse_duration, 1.0, "How often the locks are looked at (at most max_hold); a holder "
+                        "seen before max_hold is looked at again the moment it passes max_hold."),
+        "timeout": Key(parse_duration, 0.5, "Longest one query (or connecting) may take; less than interval."),
+        "enforce": Key(_boolean, True, "false: a dry run that reports whom it would terminate and terminates "
+                       "nobody."),
+        "databases": Key(_string_list, (), 'Only locks in these databases count, e.g. ["pretix"]; empty: '
+                         "every database."),
+        "users": Key(_string_list, (), 'Only sessions of these roles are terminated, e.g. ["pretix"]; empty: '
+                     "every role."),
+    }),
     "checks": TableMap("Named health checks, `[checks.NAME]`, each with a `type`.", Table("", {
         "interval": Key(parse_duration, 2.0, "Time between the starts of two probes."),
         "timeout": Key(parse_duration, 1.0, "Longest a probe may take (less than `interval`); a probe that "
@@ -546,6 +570,17 @@ class HttpCheck:
     verify_tls: bool
 
 
+@dataclass(frozen=True)
+class LockFencingSection:
+    dsn: str
+    max_hold: float
+    interval: float
+    timeout: float
+    enforce: bool
+    databases: tuple[str, ...]
+    users: tuple[str, ...]
+
+
 _CHECK_OPTIONS: dict[str, Any] = {"postgres": PostgresCheck, "redis": RedisCheck, "http": HttpCheck,
                                   "systemd": SystemdCheck}
 
@@ -616,6 +651,7 @@ class Config:
     haproxy: HaproxySection | None = None
     agent_check: AgentCheckSection | None = None
     loki: LokiSection | None = None
+    lock_fencing: LockFencingSection | None = None
     raw_sections: frozenset[str] = field(default_factory=frozenset)
     lines: Mapping[Path_, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -836,6 +872,7 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
     if raw_loki["username"] and raw_loki["password_file"] is None:
         problems.add(("loki", "password_file"), "is required with loki.username")
     loki = LokiSection(**raw_loki) if raw_loki["url"] else None
+    lock_fencing = _lock_fencing(values["lock_fencing"], problems)
     return Config(
         source=source,
         agent=AgentSection(node=agent["node"] or socket.gethostname(), status_file=agent["status_file"],
@@ -849,8 +886,34 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         haproxy=haproxy,
         agent_check=agent_check,
         loki=loki,
+        lock_fencing=lock_fencing,
         raw_sections=sections,
     )
+
+
+# pretix waits this long for its advisory locks (LOCK_ACQUISITION_TIMEOUT in
+# pretix/base/services/locking.py) before the order fails with 409.
+PRETIX_LOCK_TIMEOUT = 3.0
+
+
+def _lock_fencing(raw: dict[str, Any], problems: _Collector) -> LockFencingSection | None:
+    here: Path_ = ("lock_fencing",)
+    max_hold, interval, timeout = raw["max_hold"], raw["interval"], raw["timeout"]
+    if max_hold is not INVALID and max_hold >= PRETIX_LOCK_TIMEOUT:
+        problems.add((*here, "max_hold"), f"is {max_hold:g} s, must be less than pretix's lock timeout "
+                     f"({PRETIX_LOCK_TIMEOUT:g} s): a fence after that comes too late for the orders waiting")
+    if max_hold is not INVALID and max_hold < 0.5:
+        problems.add((*here, "max_hold"), f"is {max_hold:g} s, must be at least 500ms: a shorter hold would fence "
+                     "healthy transactions caught between two statements on a busy node")
+    if INVALID not in (max_hold, interval) and interval > max_hold:
+        problems.add((*here, "interval"), f"is {interval:g} s, must be at most max_hold ({max_hold:g} s): a "
+                     "waiting order could otherwise wait longer than max_hold before the holder is seen")
+    if INVALID not in (interval, timeout) and timeout >= interval:
+        problems.add((*here, "timeout"), f"is {timeout:g} s, must be less than interval ({interval:g} s): a look "
+                     "must end before the next one starts")
+    if not raw["dsn"] or any(value is INVALID for value in raw.values()):
+        return None
+    return LockFencingSection(**raw)
 
 
 def parse(text: str, source: str = "<config>") -> Config:

@@ -135,6 +135,18 @@ def status_lines(document: status.Document, liveness: status.Liveness) -> list[s
         if drops:
             line += ", dropped " + ", ".join(f"{key}={value}" for key, value in drops.items())
         lines.append(line)
+    fencing = document.lock_fencing
+    if fencing is not None and fencing.enabled:
+        line = (f"lock fencing: {'enforcing' if fencing.enforce else 'dry run'}, "
+                + (f"primary NOT WATCHED: {fencing.error}" if fencing.error else "watching the primary")
+                + f", {fencing.fences_total} fenced" + (f", {fencing.would_fence_total} would have been"
+                                                          if not fencing.enforce else ""))
+        last = fencing.last_fence
+        if last is not None:
+            line += (f"; last: pid {last.pid} ({last.application_name or 'no application name'}, "
+                     f"{last.client_addr or 'local socket'}) held {last.lock_key} idle {last.held_for:.1f} s, "
+                     f"{last.waiters} waiting: {last.outcome}")
+        lines.append(line)
     for name, health in sorted(document.controllers.items()):
         if not health.ok:
             lines.append(f"FAILED:      {name} since {health.since}: {health.error}")

@@ -162,6 +162,37 @@ class Loki:
 
 
 @dataclass(frozen=True)
+class FenceReport:
+    """The last fence (or dry-run finding), for the status."""
+
+    pid: int
+    client_addr: str | None
+    application_name: str
+    lock_key: str
+    held_for: float
+    waiters: int
+    outcome: str
+    at: float  # wall-clock Unix time
+
+
+@dataclass(frozen=True)
+class LockFencing:
+    """Lock fencing on this node: whether it can see the primary, and what it fenced."""
+
+    enabled: bool
+    enforce: bool
+    connected: bool = False
+    error: str | None = None  # why the primary is unreachable (or the last look failed)
+    last_round: float | None = None  # wall-clock Unix time of the last completed look
+    sentence: str = "not started"
+    rounds: int = 0
+    fences_total: int = 0
+    would_fence_total: int = 0
+    failures_total: int = 0
+    last_fence: FenceReport | None = None
+
+
+@dataclass(frozen=True)
 class ControllerHealth:
     """One capability's last cycle: fine, or the error that stopped it (the others went on)."""
 
@@ -193,6 +224,7 @@ class Document:
     haproxy: Haproxy | None = None
     agent_check: AgentCheck | None = None
     loki: Loki | None = None
+    lock_fencing: LockFencing | None = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -307,6 +307,13 @@ class Session:
             self.close()
             raise
 
+    def rearm(self, deadline: Deadline) -> None:
+        """Bound the next queries of a connection kept open between rounds by a new deadline."""
+        self._breaker.release()
+        self._deadline = deadline
+        self._breaker = SocketBreaker(deadline)
+        self._breaker.watch(self._socket_or_none)
+
     @property
     def server_version(self) -> int:
         return int(self._pgconn.server_version)
@@ -365,13 +372,17 @@ class Session:
             raise ProbeStopped(unknown(f"expected one row, got {len(rows)}: {sql}"))
         return rows[0]
 
-    def rows(self, sql: str) -> list[tuple[str | None, ...]]:
-        """Run one query; return its rows as text (None for NULL)."""
+    def rows(self, sql: str, params: tuple[str, ...] = ()) -> list[tuple[str | None, ...]]:
+        """Run one query (with text parameters $1, $2, ... if given); return its rows as text (None
+        for NULL)."""
         pq, pgconn = self._pq, self._pgconn
         result_rows: list[tuple[str | None, ...]] = []
         error: str | None = None
         try:
-            pgconn.send_query(sql.encode())
+            if params:
+                pgconn.send_query_params(sql.encode(), [param.encode() for param in params])
+            else:
+                pgconn.send_query(sql.encode())
             while pgconn.flush():
                 self._wait(read=False)
             while True:

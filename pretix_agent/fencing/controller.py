@@ -77,6 +77,11 @@ class FencingController(Controller[status.LockFencing, Said]):
     def act(self, decision: Said, facts: Facts) -> Facts:
         return facts
 
+    def degraded(self) -> list[str]:
+        if self.settings is None or not self.latest.error:
+            return []
+        return [f"lock fencing cannot watch the primary: {self.latest.error}"]
+
     def status(self) -> status.LockFencing | None:
         return None if self.settings is None else self.latest
 

@@ -64,6 +64,7 @@ def test_a_fence_wakes_the_loop_and_an_unreachable_primary_is_said_in_the_senten
     fencer.report(dataclasses.replace(fencer.status, error="connection refused"))
     _, sentence = controller.reconcile(Facts(now=NOW, monotonic=0.0))
     assert sentence == "lock fencing: primary not watched (connection refused)"
+    assert controller.degraded() == ["lock fencing cannot watch the primary: connection refused"]
 
 
 def test_removing_the_section_stops_the_worker_and_the_status_section(made):

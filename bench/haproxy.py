@@ -39,7 +39,8 @@ from pretix_agent.haproxy.controller import HaproxyController, actual_from
 from pretix_agent.haproxy.decide import Memory, decide
 from pretix_agent.haproxy.runtime import RuntimeApi, ServerState
 from tests.integration.agent_fixture import Agent, write_config
-from tests.integration.haproxy_fixture import BACKEND, HEALTHCHECK_HOST, HOST, HaproxyFixture, free_port
+from tests.integration.haproxy_fixture import BACKEND, HEALTHCHECK_HOST, HOST, HaproxyFixture
+from tests.ports import candidate_port
 
 from .common import percentiles, ratio, wait_for
 
@@ -280,7 +281,7 @@ class Farm(HaproxyFixture):
 
     def __init__(self) -> None:
         super().__init__(servers=0)
-        self.target_port = free_port()
+        self.target_port = candidate_port()  # nobody connects to it: no checks, no traffic
         self.farm = {f"farm{b}": [f"s{n:03d}" for n in range(1, FARM_PER_BACKEND + 1)]
                      for b in range(1, FARM_BACKENDS + 1)}
 

@@ -7,13 +7,18 @@ nginx_fixture, dbus_fixture). Plain functions, no pytest:
     wait_stopped(pids)                  # SIGSTOP is delivered asynchronously
     subprocess.Popen(..., preexec_fn=die_with_parent)               # PR_SET_PDEATHSIG=SIGKILL
     subprocess.Popen(..., preexec_fn=pdeathsig(signal.SIGTERM))     # another signal
-    free_port(); log_tail(path); titled_log_tail(path)
+    log_tail(path); titled_log_tail(path)
+    candidate_port(); start_with_ports(start); PortInUse; address_in_use(text)   # from tests.ports
     Resources                           # the servers and directory a fixture must clean up
 
 ``pid_alive``, ``any_alive`` and ``children_of`` do not count zombies: a zombie has exited, only its parent
 has not reaped it yet.
 The fixture modules import what they use from here and go on exporting the names tests import from them
-(``pg_fixture.wait_until``, ``redis_fixture.any_alive``, ``haproxy_fixture.free_port``, ...).
+(``pg_fixture.wait_until``, ``redis_fixture.any_alive``, ...).
+
+No fixture picks a port by binding port 0 and closing it (another process's outbound connection can
+take it before the server binds it): ports come from ``tests.ports``, outside the ephemeral range,
+and a server that reports EADDRINUSE is started again on a fresh one.
 """
 
 from __future__ import annotations
@@ -23,25 +28,23 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from tests.ports import PortInUse, address_in_use, candidate_port, start_with_ports
+
+__all__ = ["FixtureError", "PortInUse", "Resources", "ServerGroup", "address_in_use", "any_alive", "candidate_port",
+           "children_of", "die_with_parent", "log_tail", "pdeathsig", "pid_alive", "process_state", "signal_pids",
+           "start_with_ports", "titled_log_tail", "wait_stopped", "wait_until"]
+
 T = TypeVar("T")
 
 
 class FixtureError(RuntimeError):
     """A fixture could not reach the state it was asked for (the message carries the log tail)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if it got taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log_tail(path: Path | str, lines: int = 30) -> str:

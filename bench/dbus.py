@@ -145,6 +145,9 @@ def run(quick: bool) -> dict[str, Any]:
         "poller_errors": poller.errors,
         "ratio_p50": round(poll["p50"] / event["p50"], 1) if event["p50"] else None,
         "ratio_p99": round(poll["p99"] / event["p99"], 1) if event["p99"] else None,
-        "target": {"watcher_p99_ms_below": 100},
-        "meets_target": event["p99"] < 100,
+        # p50 below 20 ms and max below 100 ms were tests/integration/test_dbus.py's bounds before
+        # performance figures moved here; p99 below 100 ms is the SPEC's "within milliseconds".
+        "target": {"watcher_p50_ms_below": 20, "watcher_p99_ms_below": 100, "watcher_max_ms_below": 100},
+        "meets_target": event["p50"] < 20 and event["p99"] < 100,
+        "meets_max_target": event["max"] < 100,
     }

@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,13 +52,18 @@ def sample_line(i: int) -> str:
 
 class ReceiverProcess:
     def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.integration.loki_receiver", "--port",
-                                         str(self.port), "--count-only"], cwd=REPO, stderr=subprocess.DEVNULL)
+        # --port 0: the receiver picks a port outside the ephemeral range itself (retrying if it is
+        # taken) and names its URL on the first line of stderr.
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.integration.loki_receiver", "--port", "0",
+                                         "--count-only"], cwd=REPO, stderr=self._stderr)
         deadline = time.monotonic() + 20
+        while not (match := re.search(rb"listening on (http://[0-9.]+:(\d+))/", self._said())):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Loki receiver did not start: {self._said().decode(errors='replace')}")
+            time.sleep(0.05)
+        self.url = match.group(1).decode()
+        self.port = int(match.group(2))
         while True:
             try:
                 with urllib.request.urlopen(self.url + "/ready", timeout=1):
@@ -67,6 +72,10 @@ class ReceiverProcess:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def _said(self) -> bytes:
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def call(self, path: str, document: dict | None = None) -> dict:
         data = None if document is None else json.dumps(document).encode()
@@ -85,6 +94,7 @@ class ReceiverProcess:
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+        self._stderr.close()
 
 
 def wait_for(condition, timeout: float, step: float = 0.02) -> None:

@@ -289,6 +289,35 @@ def _unit_list(value: Any) -> tuple[str, ...]:
     return units
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Who may ask the agent-check port by default: loopback and the private ranges (RFC 1918, IPv6
+# unique local). Its answers carry operational reasons ("pretix-web.service failed") and every
+# connection costs the daemon's thread a little work, while the load balancers of a cluster poll
+# from its private network; one that polls from elsewhere is listed by hand (its polls get no answer
+# until then, and the refusal is counted and logged).
+AGENT_CHECK_ALLOW: tuple[Network, ...] = tuple(ipaddress.ip_network(text) for text in (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    texts = _string_list(value)
+    if not texts:
+        raise ValueError('expected at least one network; to allow every address write ["0.0.0.0/0", "::/0"]')
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text.strip()))
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f'"{text}" is not a network: write an address with its prefix length, e.g. '
+                                 '"10.0.0.0/8", "192.0.2.7/32" or "2001:db8::/32"') from None
+            raise ValueError(f'"{text}" has host bits set: write "{loose}"') from None
+    return tuple(networks)
+
+
 def _dsn(value: Any) -> str:
     text = _nonempty_string(value)
     if "://" in text and not text.startswith(("postgresql://", "postgres://")):
@@ -309,6 +338,7 @@ _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
     _endpoint: "socket path or HOST:PORT", _listen: "HOST:PORT", _optional_path: "absolute path", _boolean: "boolean",
     _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL", _unit_list: "array of units",
+    _networks: "array of networks (CIDR)",
 }
 
 
@@ -429,6 +459,15 @@ SCHEMA = Table("", {
         "checks": Key(_string_list, (), "Checks that must pass for this node to answer `up 100%`."),
         "weight": Key(_integer(0, 256), None, "Weight to announce (a percentage of the weight in haproxy.cfg, "
                       "0..256) while ready; none announces 100%."),
+        "allow": Key(_networks, AGENT_CHECK_ALLOW, "Source networks that get an answer (IPv4 and IPv6 CIDR); a "
+                     "connection from elsewhere is closed at once, unanswered. The default is loopback and the "
+                     'private ranges; list public load balancers by hand, or ["0.0.0.0/0", "::/0"] for any.'),
+        "idle_timeout": Key(parse_duration, 1.0, "Longest a connection stays open after its answer (haproxy closes "
+                            "at once; a client that does not is closed)."),
+        "max_connections": Key(_integer(1, 65536), 256, "Most answered connections left open at once; beyond it "
+                               "the oldest of the busiest source is closed. New connections are always answered."),
+        "max_per_source": Key(_integer(1, 65536), 8, "Most answered connections left open per source address (an "
+                              "IPv6 /64 counts as one); beyond it that source's oldest is closed."),
     }),
     "loki": Table("Ship logs to Grafana Loki (push API), with the journal as the buffer under systemd.", {
         "url": Key(_url("http", "https"), "", 'Base URL, e.g. "https://loki.example.org"; empty disables '
@@ -622,6 +661,10 @@ class AgentCheckSection:
     listen: str
     checks: tuple[str, ...]
     weight: int | None
+    allow: tuple[Network, ...] = AGENT_CHECK_ALLOW
+    idle_timeout: float = 1.0
+    max_connections: int = 256
+    max_per_source: int = 8
 
 
 @dataclass(frozen=True)
@@ -1053,7 +1096,7 @@ def _show_default(key: Key, name: str) -> str:
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     if isinstance(value, tuple):
-        return "`[]`" if not value else "`" + json.dumps(list(value)) + "`"
+        return "`[]`" if not value else "`" + json.dumps([str(item) for item in value]) + "`"
     if isinstance(value, zoneinfo.ZoneInfo):
         return f'`"{value.key}"`'
     if isinstance(value, Path | str):

@@ -121,7 +121,9 @@ class AgentCheck:
     answer: str | None = None  # None: no verdict yet (haproxy keeps its state)
     why: str | None = None  # the verdict in words: what the answer is based on
     answered: int = 0
-    refused: int = 0  # connections closed unanswered (not allowed, over a limit)
+    refused: int = 0  # connections from outside [agent_check] allow, closed unanswered
+    evicted: int = 0  # answered connections closed early to make room (a flood of clients)
+    last_refused: str | None = None
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,15 @@ class AgentCheckController(Controller[Observed, Verdict]):
         new = config.agent_check
         old = self.settings
         if new is not None and old is not None and new.listen == old.listen and self.responder is not None:
-            return Swap(lambda: setattr(self, "settings", new))
-        responder = None
+            running = self.responder
+
+            def keep() -> None:
+                running.configure(new)  # same address: new rules, the socket stays
+                self.settings = new
+            return Swap(keep)
+        responder: AgentCheckResponder | None = None
         if new is not None:
-            responder = AgentCheckResponder(new.listen, self._answer)
+            responder = AgentCheckResponder.for_section(new, self._answer, on_refused=self._refused)
             responder.bind()  # AgentCheckError (one line) refuses the configuration
 
         def commit() -> None:
@@ -68,6 +73,11 @@ class AgentCheckController(Controller[Observed, Verdict]):
                 self.services.emit(Event("agent_check.listening", "info", {"address": new.listen}))
 
         return Swap(commit, responder.stop if responder is not None else lambda: None)
+
+    def _refused(self, address: str) -> None:
+        """From the responder's thread, once per source it refused."""
+        self.services.emit(Event("agent_check.refused", "warning", {
+            "address": address, "detail": "closed unanswered: not in [agent_check] allow"}))
 
     def _answer(self) -> str:
         """For the responder's thread: the prepared answer, or no answer at all."""
@@ -97,9 +107,13 @@ class AgentCheckController(Controller[Observed, Verdict]):
         if self.settings is None:
             return None
         current = self.verdict
+        responder = self.responder
         return status.AgentCheck(listen=self.settings.listen, answer=None if current is None else current.answer,
                                  why=None if current is None else current.why,
-                                 answered=self.responder.answered if self.responder else 0)
+                                 answered=responder.answered if responder else 0,
+                                 refused=responder.refused if responder else 0,
+                                 evicted=responder.evicted if responder else 0,
+                                 last_refused=responder.last_refused if responder else None)
 
     def _stop_responder(self) -> None:
         if self.responder is not None:

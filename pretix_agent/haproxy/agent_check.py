@@ -21,27 +21,45 @@ separated by spaces (configuration manual, `agent-check`; parser: src/tcpcheck.c
 Anything a line leaves out stays as it is, so every answer states both health and weight; an
 answer is stateless, so any number of load balancers can poll at any time.
 
-The server runs in its own thread with a selector: every socket is non-blocking, the answer is one
-short line written at once, and each connection is closed after `client_timeout` at the latest.
-haproxy may send `agent-send` data first: the answer does not wait for it; whatever arrives is
-read and dropped before closing, since closing with unread data would send a reset instead of
-the end of the stream.
+The server runs in its own thread with a selector: every socket is non-blocking, and the answer is
+one short line written the moment a connection is accepted, followed by the end of our side of
+the stream. haproxy may send `agent-send` data first: the answer does not wait for it; whatever
+arrives is read and dropped, since closing with unread data would send a reset instead of the end
+of the stream. The connection then stays open until the client closes it (haproxy does at once),
+`idle_timeout` at the latest.
+
+Who may ask, and how much room a flood gets (admission.py): a connection from outside `allow` is
+closed at once without an answer. Since every allowed connection is answered on accept, the limits
+only ration how long *answered* connections may stay open: beyond `max_per_source` for one source,
+or `max_connections` in all, the oldest answered connection of the busiest source is closed (after
+reading what it sent, so the close is a clean end of stream). A new connection is never refused for
+want of room; a flood of reconnecting clients (64 of them left 10 of 13 of haproxy's polls
+unanswered when the limit refused new connections) only closes its own, already answered,
+connections. Accepting is done in batches from a deep backlog, and running out of file descriptors
+closes the oldest answered connection instead of spinning. What this cannot stop is a flood of
+connection attempts large enough to overflow the kernel's accept queue: that is a firewall's job.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..config import AGENT_CHECK_ALLOW, AgentCheckSection
 from ..errors import AgentError
+from .admission import Lingering, Network, allowed, peer_address, source_key
 
 REASON_LIMIT = 120  # haproxy logs the reason; a bounded one keeps the line short and one packet
-MAX_CLIENTS = 64  # more simultaneous pollers than any cluster has; beyond it, close at once
+BACKLOG = 1024  # the kernel's accept queue: room for a burst while the thread is busy elsewhere
+ACCEPT_BATCH = 64  # connections accepted per wake-up before the others' reads and timeouts get a turn
+DRAIN_LIMIT = 65536  # bytes read (and dropped) from a connection before closing it early
+REFUSED_SOURCES_REMEMBERED = 256  # on_refused is called once per source, for this many sources
 
 
 class AgentCheckError(AgentError):
@@ -82,6 +100,7 @@ def agent_answer(ready: bool, draining: bool, reason: str | None = None, weight:
 @dataclass
 class _Client:
     sock: socket.socket
+    key: int
     deadline: float
     reply: bytes  # what is left to send
 
@@ -95,29 +114,71 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 
 class AgentCheckResponder:
-    """Answers every connection on `listen` with `answer()` and closes it.
+    """Answers every allowed connection on `listen` with `answer()` at once, and closes it.
 
     `answer` runs in the responder's thread: it must be quick and thread-safe (return a string
     the daemon prepared, not compute one). If it raises, the connection is closed without an
     answer: haproxy then keeps the state the last answer set (a failed agent connection is not
     an error to haproxy) and `errors` counts it.
+
+    `allow`: the source networks answered; others are closed unanswered, counted in `refused`, and
+    `on_refused(address)` is called (in the responder's thread) the first time each source is
+    refused. `idle_timeout`, `max_connections`, `max_per_source`: see the module docstring. The
+    counters (`answered`, `refused`, `evicted`, `timed_out`, `errors`, `open_connections`) are
+    for status; `counters()` returns them together.
     """
 
-    def __init__(self, listen: str, answer: Callable[[], str], client_timeout: float = 2.0):
+    def __init__(self, listen: str, answer: Callable[[], str], *, allow: Iterable[Network] = AGENT_CHECK_ALLOW,
+                 idle_timeout: float = 1.0, max_connections: int = 256, max_per_source: int = 8,
+                 on_refused: Callable[[str], None] | None = None):
         self.listen = listen
         self.answer = answer
-        self.client_timeout = client_timeout
+        self.allow = tuple(allow)
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.on_refused = on_refused
         self.address: tuple[str, int] | None = None  # the bound address (port 0 picks a free one)
         self.answered = 0
-        self.open_connections = 0  # connections being answered or waiting for haproxy to close
+        self.refused = 0  # from a source outside `allow`: closed unanswered
+        self.evicted = 0  # answered, then closed early to make room for newer connections
+        self.timed_out = 0  # answered, then closed at `idle_timeout` because the client kept it open
+        self.open_connections = 0  # answered connections waiting for their client to close
         self.errors = 0
         self.last_error: str | None = None
+        self.last_refused: str | None = None  # the address of the last refused connection
+        self._refused_sources: set[str] = set()
         self._listener: socket.socket | None = None
+        self._serving: _Serving | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
+        Lingering(max_connections, max_per_source)  # refuse impossible limits here, not in the thread
+
+    @classmethod
+    def for_section(cls, section: AgentCheckSection, answer: Callable[[], str],
+                    on_refused: Callable[[str], None] | None = None) -> AgentCheckResponder:
+        """A responder configured by `[agent_check]`."""
+        return cls(section.listen, answer, allow=section.allow, idle_timeout=section.idle_timeout,
+                   max_connections=section.max_connections, max_per_source=section.max_per_source,
+                   on_refused=on_refused)
+
+    def configure(self, section: AgentCheckSection) -> None:
+        """Take a reloaded `[agent_check]` on the same address: the rules change at the next
+        connection (the serving thread reads them then), the listening socket stays."""
+        Lingering(section.max_connections, section.max_per_source)  # refuses impossible limits
+        self.allow, self.idle_timeout = tuple(section.allow), section.idle_timeout
+        self.max_connections, self.max_per_source = section.max_connections, section.max_per_source
+        serving = self._serving
+        if serving is not None:
+            serving.lingering.max_total, serving.lingering.max_per_source = self.max_connections, self.max_per_source
+
+    def counters(self) -> dict[str, int | str | None]:
+        return {"answered": self.answered, "refused": self.refused, "evicted": self.evicted,
+                "timed_out": self.timed_out, "open_connections": self.open_connections, "errors": self.errors,
+                "last_error": self.last_error, "last_refused": self.last_refused}
 
     def start(self) -> None:
         """Bind and listen (unless `bind()` did), then serve in a daemon thread. Raise AgentCheckError
@@ -141,7 +202,7 @@ class AgentCheckResponder:
             # A restarted daemon must get its port back while old connections sit in TIME_WAIT.
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind(sockaddr)
-            listener.listen(64)
+            listener.listen(BACKLOG)
             listener.setblocking(False)
         except OSError as error:
             listener.close()
@@ -188,81 +249,125 @@ class AgentCheckResponder:
 
     def _serve(self) -> None:
         assert self._listener is not None
-        selector = selectors.DefaultSelector()
-        clients: dict[socket.socket, _Client] = {}
-        selector.register(self._listener, selectors.EVENT_READ, "listen")
-        selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+        self._serving = _Serving(self, self._listener, self._wake_read)
+        self._serving.run()
 
-        def close(client: _Client) -> None:
-            clients.pop(client.sock, None)
-            try:
-                selector.unregister(client.sock)
-            except (KeyError, ValueError):
-                pass
-            client.sock.close()
 
+class _Serving:
+    """The serving thread's state: the selector, the open connections, the limits' bookkeeping."""
+
+    def __init__(self, responder: AgentCheckResponder, listener: socket.socket, wake: socket.socket):
+        self.responder = responder
+        self.listener = listener
+        self.wake = wake
+        self.selector = selectors.DefaultSelector()
+        self.clients: dict[int, _Client] = {}
+        self.lingering = Lingering(responder.max_connections, responder.max_per_source)
+        self.deadlines: collections.deque[tuple[float, int]] = collections.deque()  # in order: one timeout
+        self.next_key = 0
+        self.accept_paused_until: float | None = None
+
+    def run(self) -> None:
+        responder = self.responder
+        self.selector.register(self.listener, selectors.EVENT_READ, "listen")
+        self.selector.register(self.wake, selectors.EVENT_READ, "wake")
         try:
-            while not self._stopping.is_set():
+            while not responder._stopping.is_set():
                 now = time.monotonic()
-                timeout = min((c.deadline for c in clients.values()), default=now + 60.0) - now
-                for key, events in selector.select(max(0.0, timeout)):
+                wake_at = min(self.deadlines[0][0] if self.deadlines else now + 60.0,
+                              self.accept_paused_until or now + 60.0)
+                for key, events in self.selector.select(max(0.0, wake_at - now)):
                     if key.data == "wake":
-                        continue
-                    if key.data == "listen":
-                        self._accept(selector, clients)
-                        continue
-                    client = clients.get(key.fileobj)  # type: ignore[call-overload]
-                    if client is None:
-                        continue
-                    if events & selectors.EVENT_WRITE and client.reply:
-                        self._send(client)
-                        if not client.reply:
-                            self._finish_sending(selector, client)
-                    if events & selectors.EVENT_READ:
-                        try:
-                            data = client.sock.recv(4096)  # agent-send data, or the end of the stream
-                        except BlockingIOError:
-                            continue
-                        except OSError:
-                            data = b""
-                        if not data:
-                            close(client)
-                now = time.monotonic()
-                for client in [c for c in clients.values() if c.deadline <= now]:
-                    close(client)
-                self.open_connections = len(clients)
+                        self._drain(self.wake)
+                    elif key.data == "listen":
+                        self._accept()
+                    else:
+                        self._service(key.data, events)
+                self._expire(time.monotonic())
         finally:
-            for client in list(clients.values()):
-                close(client)
-            self.open_connections = 0
-            selector.close()
+            for client in list(self.clients.values()):
+                self._close(client)
+            responder.open_connections = 0
+            self.selector.close()
 
-    def _accept(self, selector: selectors.BaseSelector, clients: dict[socket.socket, _Client]) -> None:
-        assert self._listener is not None
-        while True:
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
             try:
-                sock, _ = self._listener.accept()
+                sock, sockaddr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # EMFILE and friends: drop this one, keep serving
-                self.errors += 1
-                self.last_error = f"accept: {error.strerror or error}"
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    oldest = self.lingering.oldest()
+                    if oldest is not None:  # free a descriptor: that one has its answer already
+                        self.lingering.release(oldest)
+                        self._close(self.clients[oldest], evicted=True)
+                        continue
+                    self._pause_accepting()  # nothing of ours to close: do not spin on the listener
+                self.responder.errors += 1
+                self.responder.last_error = f"accept: {error.strerror or error}"
                 return
-            sock.setblocking(False)
-            if len(clients) >= MAX_CLIENTS:
-                sock.close()
-                continue
-            reply = self._reply()
-            client = _Client(sock, time.monotonic() + self.client_timeout, reply or b"")
-            clients[sock] = client
-            if reply is None:
-                self._finish_sending(selector, client, register=True)
-                continue
+            self._admit(sock, sockaddr)
+
+    def _admit(self, sock: socket.socket, sockaddr: tuple) -> None:
+        responder = self.responder
+        try:
+            address = peer_address(sockaddr)
+        except ValueError:  # not an IP peer: cannot be in `allow`
+            sock.close()
+            responder.refused += 1
+            return
+        if not allowed(address, responder.allow):
+            sock.close()  # at once, unanswered; a reset if it sent something, which is fine here
+            responder.refused += 1
+            responder.last_refused = str(address)
+            source = source_key(address)
+            if responder.on_refused is not None and source not in responder._refused_sources \
+                    and len(responder._refused_sources) < REFUSED_SOURCES_REMEMBERED:
+                responder._refused_sources.add(source)
+                try:
+                    responder.on_refused(str(address))
+                except Exception as error:  # the daemon's logging must not end the responder
+                    responder.errors += 1
+                    responder.last_error = f"on_refused: {type(error).__name__}: {error}"
+            return
+        sock.setblocking(False)
+        reply = responder._reply()
+        if reply is None:
+            self._drain(sock)
+            sock.close()
+            return
+        key, self.next_key = self.next_key, self.next_key + 1
+        client = _Client(sock, key, time.monotonic() + responder.idle_timeout, reply)
+        self.clients[key] = client
+        self.deadlines.append((client.deadline, key))
+        self._send(client)
+        if client.reply:  # the socket buffer was full (it never is for a fresh connection): finish later
+            self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, key)
+        else:
+            self.selector.register(sock, selectors.EVENT_READ, key)
+        for evicted in self.lingering.admit(key, source_key(address)):
+            self._close(self.clients[evicted], evicted=True)
+        responder.open_connections = len(self.clients)
+
+    def _service(self, key: int, events: int) -> None:
+        client = self.clients.get(key)
+        if client is None:
+            return
+        if events & selectors.EVENT_WRITE and client.reply:
             self._send(client)
-            if client.reply:
-                selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-            else:
-                self._finish_sending(selector, client, register=True)
+            if not client.reply:
+                self.selector.modify(client.sock, selectors.EVENT_READ, key)
+        if events & selectors.EVENT_READ:
+            try:
+                data = client.sock.recv(4096)  # agent-send data, or the end of the stream
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.lingering.release(key)
+                self._close(client)
 
     def _send(self, client: _Client) -> None:
         try:
@@ -274,15 +379,51 @@ class AgentCheckResponder:
             return
         client.reply = client.reply[sent:]
         if not client.reply:
-            self.answered += 1
+            self.responder.answered += 1
+            try:
+                client.sock.shutdown(socket.SHUT_WR)  # the line is out: end our side
+            except OSError:
+                pass
 
-    def _finish_sending(self, selector: selectors.BaseSelector, client: _Client, register: bool = False) -> None:
-        """The line is out: end our side, then read (and drop) until haproxy closes its side."""
+    def _expire(self, now: float) -> None:
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, key = self.deadlines.popleft()
+            client = self.clients.get(key)
+            if client is not None:
+                self.lingering.release(key)
+                self.responder.timed_out += 1
+                self._close(client)
+        if self.accept_paused_until is not None and now >= self.accept_paused_until:
+            self.accept_paused_until = None
+            self.selector.register(self.listener, selectors.EVENT_READ, "listen")
+
+    def _pause_accepting(self) -> None:
+        if self.accept_paused_until is None:
+            self.accept_paused_until = time.monotonic() + 0.1
+            self.selector.unregister(self.listener)
+
+    def _close(self, client: _Client, evicted: bool = False) -> None:
+        """Close `client` (already released from the limits' bookkeeping): read what it sent first,
+        so that the close ends the stream instead of resetting it."""
+        self.clients.pop(client.key, None)
         try:
-            client.sock.shutdown(socket.SHUT_WR)
-        except OSError:
+            self.selector.unregister(client.sock)
+        except (KeyError, ValueError):
             pass
-        if register:
-            selector.register(client.sock, selectors.EVENT_READ)
-        else:
-            selector.modify(client.sock, selectors.EVENT_READ)
+        if evicted:
+            self.responder.evicted += 1
+            self._drain(client.sock)
+        client.sock.close()
+        self.responder.open_connections = len(self.clients)
+
+    @staticmethod
+    def _drain(sock: socket.socket) -> None:
+        left = DRAIN_LIMIT
+        while left > 0:
+            try:
+                data = sock.recv(min(left, 4096))
+            except OSError:  # BlockingIOError included: nothing more to read now
+                return
+            if not data:
+                return
+            left -= len(data)

@@ -87,6 +87,10 @@ timezone = "{timezone}"
     return path
 
 
+class AgentExited(AssertionError):
+    """The daemon exited before it said READY=1 (its log is in the message)."""
+
+
 class Agent:
     """The daemon under test. Its stderr is collected in `log_path`."""
 
@@ -104,6 +108,7 @@ class Agent:
             environ["WATCHDOG_USEC"] = str(watchdog_usec)
         environ.update(env or {})
         self._log = open(self.log_path, "wb")
+        self._stopped = False
         self.process = subprocess.Popen([sys.executable, "-m", "pretix_agent", "-c", str(config)],
                                         stdout=self._log, stderr=subprocess.STDOUT, env=environ, cwd=directory)
 
@@ -119,7 +124,19 @@ class Agent:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 15.0) -> None:
-        self.notify.wait_for("READY", "1", timeout=timeout)
+        """Wait for READY=1; raise AgentExited at once if the daemon exits before it."""
+
+        def ready() -> bool:
+            if self.notify.with_key("READY", "1"):
+                return True
+            if self.process.poll() is not None:
+                if self.notify.with_key("READY", "1"):  # sent just before it exited
+                    return True
+                raise AgentExited(f"the agent exited with {self.process.returncode} before READY=1; "
+                                  f"log:\n{self.log()}")
+            return False
+
+        wait_until(ready, timeout, message=lambda: f"READY=1; got {self.notify.all()}; log:\n{self.log()}")
 
     def status(self) -> dict[str, Any]:
         return json.loads((self.directory / "status.json").read_text())
@@ -137,6 +154,10 @@ class Agent:
         self.process.send_signal(signum)
 
     def stop(self, timeout: float = 10.0) -> int:
+        """Stop the daemon (SIGTERM, SIGKILL after `timeout`) and close the test's ends. Idempotent."""
+        if self._stopped:
+            return self.process.returncode
+        self._stopped = True
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
             self.process.send_signal(signal.SIGTERM)

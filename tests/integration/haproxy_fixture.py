@@ -30,6 +30,11 @@ finishes its connections and exits. `reload()` waits until the admin socket answ
 process identity (Pid + Start_time_sec of `show info`): right after the command the old worker
 still answers for a moment.
 
+Ports: the frontend and the TCP Runtime API take candidate ports outside the kernel's ephemeral range
+(tests/ports.py); if haproxy reports one of them in use at start, it starts again on fresh ones. A
+restart keeps them. The backends' ports come from the same range, since a killed backend is revived
+on its port.
+
 Backends are threaded HTTP servers in this process, each answering 200 with its name (also on
 /healthcheck/); `kill()` closes the listening socket and the open connections (connections are then
 refused), `hang()` accepts and never answers, `drop()` reads each request and closes without an
@@ -60,17 +65,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pretix_agent.haproxy.runtime import ProcessIdentity, RuntimeApi, RuntimeApiError, ServerState, StatRow
+from tests.ports import bind_listener, start_with_ports
 
 from .processes import (
     FixtureError,
+    PortInUse,
+    address_in_use,
     any_alive,
+    candidate_port,
     children_of,
-    free_port,
     pdeathsig,
     pid_alive,
     process_state,
     signal_pids,
     titled_log_tail,
+    track,
     wait_until,
 )
 
@@ -159,10 +168,9 @@ class Backend:
             for connection, address in held:
                 threading.Thread(target=self._serve, args=(connection, address), daemon=True).start()
             return self
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((HOST, self.port))
-        listener.listen(64)
+        # Not port 0: revive() binds the port again, and an ephemeral one may meanwhile be taken by
+        # an outbound connection.
+        listener = bind_listener(HOST, self.port or None)
         self.port = listener.getsockname()[1]
         self._listener = listener
         self.mode = "serving"
@@ -305,8 +313,8 @@ class HaproxyFixture:
         self.master_socket = self.dir / "master.sock"
         self.state_file = self.dir / "state"
         self.log_path = self.dir / "haproxy.log"
-        self.frontend_port = free_port()
-        self.tcp_socket_port = free_port()
+        self.frontend_port = candidate_port()  # start() takes fresh ones if haproxy finds these in use
+        self.tcp_socket_port = candidate_port()
         self.backends: dict[str, Backend] = {name: Backend(name) for name in self.server_names}
         self.proc: subprocess.Popen[bytes] | None = None
         self.known_pids: set[int] = set()
@@ -332,12 +340,16 @@ class HaproxyFixture:
             for backend in self.backends.values():
                 if backend.mode in ("stopped", "killed") and backend.port == 0:
                     backend.start()
-            self.configure()
-            self._spawn()
+            start_with_ports(self._start_on, count=2, what="haproxy (frontend and TCP Runtime API)")
         except BaseException:
             self.close()
             raise
         return self
+
+    def _start_on(self, frontend_port: int, tcp_socket_port: int) -> None:
+        self.frontend_port, self.tcp_socket_port = frontend_port, tcp_socket_port
+        self.configure()
+        self._spawn()
 
     def close(self) -> None:
         """Stop haproxy and the backends, remove the directory (unless kept). Idempotent."""
@@ -407,7 +419,9 @@ class HaproxyFixture:
         )
 
     def _spawn(self) -> None:
+        """Start the master; raise PortInUse (after it exited) if it could not bind a port."""
         with open(self.log_path, "ab") as log:
+            log_start = log.tell()
             proc = subprocess.Popen(
                 [HAPROXY, "-W", "-db", "-S", f"{self.master_socket},mode,600", "-f", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
@@ -415,7 +429,18 @@ class HaproxyFixture:
         self.proc = proc
         self._procs.append(proc)
         self.known_pids.add(proc.pid)
-        self.identity = self._wait_for_new_worker(None, "haproxy to start")
+        try:
+            self.identity = self._wait_for_new_worker(None, "haproxy to start")
+        except FixtureError:
+            if proc.poll() is None:
+                raise
+            with open(self.log_path, "rb") as log:
+                log.seek(log_start)
+                said = log.read().decode(errors="replace")
+            if address_in_use(said):
+                self.proc = None
+                raise PortInUse(said.strip().splitlines()[-1] if said.strip() else "address in use") from None
+            raise
 
     def _wait_for_new_worker(self, old: ProcessIdentity | None, what: str,
                              timeout: float | None = None) -> ProcessIdentity:
@@ -475,7 +500,10 @@ class HaproxyFixture:
         """Stop haproxy and start it again on the same ports (a new master and worker)."""
         self.stop()
         self.configure()
-        self._spawn()
+        try:
+            self._spawn()
+        except PortInUse as clash:  # kept ports: another test's server took one meanwhile
+            raise FixtureError(f"haproxy could not get its ports back for the restart: {clash}") from None
         assert self.identity is not None
         return self.identity
 
@@ -485,10 +513,10 @@ class HaproxyFixture:
         proc = self.proc
         if proc is None:
             return
-        workers = self.worker_pids()
+        workers = track(self.worker_pids())
         _stop_process(proc, timeout)
         wait_until(lambda: not any_alive(workers), timeout=timeout,
-                   what=f"haproxy workers {sorted(workers)} to exit")
+                   what=f"haproxy workers {sorted(pid for pid, _ in workers)} to exit")
         self.proc = None
         self.identity = None
 
@@ -587,4 +615,4 @@ def _cleanup(backends: Mapping[str, Backend], procs: Iterable[subprocess.Popen[b
 
 
 __all__ = ["BACKEND", "HEALTHCHECK_HOST", "Backend", "FixtureError", "HaproxyFixture", "Response",
-           "RuntimeApiError", "free_port", "haproxy_unavailable_reason", "pid_alive", "process_state", "wait_until"]
+           "RuntimeApiError", "haproxy_unavailable_reason", "pid_alive", "process_state", "wait_until"]

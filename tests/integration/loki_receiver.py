@@ -31,7 +31,12 @@ labels and timestamp, in arrival order; `GET /test/count` how many were stored; 
 pushes seen; `GET /ready`. With `count_only=True` (`--count-only`) lines are validated and counted but
 not kept (nor deduplicated), for benchmarks of a million lines.
 
-Run it alone: `python3 -m tests.integration.loki_receiver --port 3100 [--verbose]`.
+Port: without one, a candidate outside the kernel's ephemeral range (tests/ports.py), a fresh one
+if it is in use; not port 0, since `refuse()` and `accept()` close and reopen it, and an ephemeral
+port may be taken by an outbound connection meanwhile.
+
+Run it alone: `python3 -m tests.integration.loki_receiver --port 3100 [--verbose]` (`--port 0`: a
+candidate port; the first line on stderr names the URL).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.ports import start_with_ports
 
 PUSH_PATH = "/loki/api/v1/push"
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Loki's (Prometheus's) rule, kept apart from the agent's
@@ -248,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LokiReceiver:
-    """A Loki push endpoint on 127.0.0.1 (a free port unless `port` is given), for one test."""
+    """A Loki push endpoint on 127.0.0.1 (a candidate port unless `port` is given), for one test."""
 
     def __init__(self, port: int = 0, *, max_body_bytes: int | None = None, max_line_bytes: int | None = None,
                  out_of_order_window: float = 3600.0, require_tenant: bool = False,
@@ -287,7 +294,10 @@ class LokiReceiver:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LokiReceiver:
-        server = _Server(("127.0.0.1", self.port), _Handler)
+        if self.port:
+            server = _Server(("127.0.0.1", self.port), _Handler)
+        else:
+            server = start_with_ports(lambda port: _Server(("127.0.0.1", port), _Handler), what="the Loki receiver")
         server.receiver = self
         self.port = server.server_address[1]
         self._server = server
@@ -496,7 +506,7 @@ class LokiReceiver:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tests.integration.loki_receiver",
                                      description="A Loki-compatible push receiver on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=3100)
+    parser.add_argument("--port", type=int, default=3100, help="0: a port outside the ephemeral range")
     parser.add_argument("--max-body-bytes", type=int, default=None)
     parser.add_argument("--verbose", action="store_true", help="print every stored line on stdout")
     parser.add_argument("--count-only", action="store_true", help="validate and count lines, keep none")

@@ -10,9 +10,11 @@ directory: the http {} context includes ``conf/nginx/pretix-maintenance-map.conf
 and the server {} block includes ``conf/nginx/pretix-maintenance.conf``, both
 by their path in this repository (so they are tested byte for byte), after
 setting ``$pretix_maintenance_marker`` and ``$pretix_maintenance_root`` the
-way an operator would. nginx runs in the foreground on a free 127.0.0.1 port,
+way an operator would. nginx runs in the foreground on a 127.0.0.1 port,
 keeps its pid file, logs and temp directories inside the temporary directory
-and is stopped by its own PID.
+and is stopped by its own PID. The port is a candidate outside the kernel's
+ephemeral range (tests/ports.py); when nginx says "Address already in use"
+it is started again on a fresh one.
 
 We usually run as root: the nginx master then switches its workers to
 ``nobody``, which is what happens in production too (www-data). The workers
@@ -43,8 +45,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import BinaryIO
 
+from tests.ports import PortInUse, address_in_use, start_with_ports
+
 from .processes import children_of, pdeathsig
-from .processes import free_port as free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF_DIR = REPO_ROOT / "conf" / "nginx"
@@ -300,6 +303,23 @@ def make_world_readable_tempdir(prefix: str) -> Path:
     return workdir
 
 
+def _pid_file_names(path: Path, pid: int) -> bool:
+    try:
+        return path.read_text().strip() == str(pid)
+    except OSError:
+        return False
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """What was appended to ``path`` after ``offset`` (a log nginx appends to)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 # In the child before exec: SIGTERM nginx (a fast shutdown that also ends
 # its workers) if the process that started it dies, e.g. a SIGKILLed pytest.
 # The signal is tied to the starting *thread*: start nginx from the main thread.
@@ -334,24 +354,42 @@ class NginxProcess:
         return subprocess.run(self._cmd("-t"), capture_output=True, text=True, timeout=30)
 
     def start(self, timeout: float = 10.0) -> None:
+        """Start nginx; return once it has bound its ports. Raise PortInUse (nginx stopped) if one
+        was taken, RuntimeError for anything else."""
         checked = self.test_config()
         if checked.returncode != 0:
             raise RuntimeError(
                 f"nginx -t failed:\n{checked.stderr}\n--- {self.conf_path}:\n{self.conf_path.read_text()}"
             )
+        pid_file = self.workdir / "nginx.pid"
+        pid_file.unlink(missing_ok=True)
+        error_log = self.workdir / "error.log"
+        log_start = error_log.stat().st_size if error_log.exists() else 0
         self._stderr = open(self.workdir / "nginx.stderr", "wb")
-        self.proc = subprocess.Popen(
+        proc = self.proc = subprocess.Popen(
             self._cmd(), stdout=self._stderr, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
         try:
-            wait_for_port(self.port, timeout=timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)
-            # The port we picked may have been taken meanwhile by someone else,
-            # whose listener would have answered the connect: nginx then exits.
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}")
+            # nginx writes its pid file after it has bound every listening socket: from then on the
+            # port is ours (a connect alone could reach whoever held the port before us).
+            deadline = time.monotonic() + timeout
+            while not _pid_file_names(pid_file, proc.pid):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"nginx exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nginx wrote no pid file within {timeout} s")
+                time.sleep(0.02)
+            wait_for_port(self.port, timeout=timeout, alive=lambda: proc.poll() is None)
         except Exception as exc:
             self.stop()
+            said = self.stderr_text() + _read_from(error_log, log_start)
+            if proc.returncode is not None and address_in_use(said):
+                raise PortInUse(f"nginx: {said.strip().splitlines()[-1]}") from None
             raise RuntimeError(f"nginx did not come up: {exc}\n{self.logs()}") from exc
+
+    def stderr_text(self) -> str:
+        path = self.workdir / "nginx.stderr"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     @property
     def pid(self) -> int:
@@ -423,6 +461,7 @@ class NginxServer:
         workdir: Path | None = None,
         port: int = 0,
     ) -> None:
+        """``port`` 0: a candidate port at start(), a fresh one if nginx finds it in use."""
         self.upstream_port = upstream_port
         self._own_workdir = workdir is None
         self.workdir: Path = workdir if workdir is not None else make_world_readable_tempdir("pretix-nginx-")
@@ -439,8 +478,13 @@ class NginxServer:
         (self.workdir / EXEMPT_DIR_NAME).mkdir(mode=0o755, exist_ok=True)
         for name, content in (extra_exempt or {}).items():
             self.add_exempt_file(name, content)
-        self.port = port or free_port()
+        self._fixed_port = port
+        self.port = port
         self.conf_path = self.workdir / "nginx.conf"
+        self.process = NginxProcess(self.workdir, self.conf_path, port)  # configured at start()
+
+    def _configure(self, port: int) -> NginxProcess:
+        self.port = port
         self.conf_path.write_text(
             main_config(
                 self.workdir,
@@ -448,7 +492,11 @@ class NginxServer:
                 + site_config(self.port, self.upstream_port, self.marker_path, self.page_root),
             )
         )
-        self.process = NginxProcess(self.workdir, self.conf_path, self.port)
+        return NginxProcess(self.workdir, self.conf_path, self.port)
+
+    def _start_on(self, port: int) -> None:
+        self.process = self._configure(port)
+        self.process.start()
 
     # -- operator actions
 
@@ -469,7 +517,10 @@ class NginxServer:
 
     def start(self) -> NginxServer:
         try:
-            self.process.start()
+            if self._fixed_port:
+                self._start_on(self._fixed_port)
+            else:
+                start_with_ports(self._start_on, what="nginx")
         except BaseException:
             self.stop()
             raise

@@ -63,6 +63,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -74,14 +75,16 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from tests.ports import refusing_socket
+
 from . import processes
 from .processes import FixtureError as FixtureError
-from .processes import ServerGroup, die_with_parent, signal_pids, titled_log_tail
+from .processes import ServerGroup, address_in_use, candidate_port, die_with_parent, signal_pids, titled_log_tail
 from .processes import any_alive as any_alive
-from .processes import free_port as free_port
 from .processes import log_tail as log_tail
 from .processes import pid_alive as pid_alive
 from .processes import process_state as process_state
+from .processes import track as track
 from .processes import wait_stopped as wait_stopped
 
 PG_BINDIR = Path(os.environ.get("PRETIX_AGENT_TEST_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
@@ -376,14 +379,14 @@ class PgServer:
             port = self.port
         self._run_as.chown(self.socket_dir)
         for attempt in range(5):
-            self.port = port if port is not None else free_port()
+            self.port = port if port is not None else candidate_port()
             self._spawn()
             try:
                 self.wait_ready(timeout)
                 return
             except FixtureError:
                 tail = log_tail(self.log_path, 15)
-                clash = "could not bind" in tail or "already in use" in tail
+                clash = address_in_use(tail)
                 if self.running or not clash or port is not None or attempt == 4:
                     raise
                 self._reap_children()  # lost a race for the port: try another one
@@ -510,6 +513,7 @@ class PgReplicationCluster(ServerGroup[PgServer]):
         self.primary: PgServer
         self.replica: PgServer | None = None
         self._original_conninfo: str | None = None
+        self._refusing: socket.socket | None = None  # holds the port a cut-off replica is sent to
 
     def __enter__(self) -> PgReplicationCluster:
         return self.start()
@@ -749,8 +753,12 @@ class PgReplicationCluster(ServerGroup[PgServer]):
         replica = self.server("replica")
         if self._original_conninfo is None:
             self._original_conninfo = replica.scalar("SHOW primary_conninfo")
-        # same conninfo, other port; the port was free a moment ago, so connecting to it is refused
-        self._set_primary_conninfo(make_conninfo(self._original_conninfo, port=free_port()))
+        # same conninfo, another port: one we hold bound without listening, so every connection to
+        # it is refused until reconnect_replica() (a port merely free a moment ago could be taken)
+        if self._refusing is None:
+            self._refusing = refusing_socket()
+        port = self._refusing.getsockname()[1]
+        self._set_primary_conninfo(make_conninfo(self._original_conninfo, port=port))
         return self.wait_not_streaming(timeout)
 
     def reconnect_replica(self, timeout: float | None = None) -> None:
@@ -759,6 +767,16 @@ class PgReplicationCluster(ServerGroup[PgServer]):
             return
         self._set_primary_conninfo(self._original_conninfo)
         self.wait_streaming(timeout)
+        self._release_refusing()
+
+    def _release_refusing(self) -> None:
+        refusing, self._refusing = self._refusing, None
+        if refusing is not None:
+            refusing.close()
+
+    def close(self) -> None:
+        self._release_refusing()
+        super().close()
 
     def _set_primary_conninfo(self, conninfo: str) -> None:
         replica = self.server("replica")

@@ -7,13 +7,18 @@ nginx_fixture, dbus_fixture). Plain functions, no pytest:
     wait_stopped(pids)                  # SIGSTOP is delivered asynchronously
     subprocess.Popen(..., preexec_fn=die_with_parent)               # PR_SET_PDEATHSIG=SIGKILL
     subprocess.Popen(..., preexec_fn=pdeathsig(signal.SIGTERM))     # another signal
-    free_port(); log_tail(path); titled_log_tail(path)
+    log_tail(path); titled_log_tail(path)
+    candidate_port(); start_with_ports(start); PortInUse; address_in_use(text)   # from tests.ports
     Resources                           # the servers and directory a fixture must clean up
 
 ``pid_alive``, ``any_alive`` and ``children_of`` do not count zombies: a zombie has exited, only its parent
 has not reaped it yet.
 The fixture modules import what they use from here and go on exporting the names tests import from them
-(``pg_fixture.wait_until``, ``redis_fixture.any_alive``, ``haproxy_fixture.free_port``, ...).
+(``pg_fixture.wait_until``, ``redis_fixture.any_alive``, ...).
+
+No fixture picks a port by binding port 0 and closing it (another process's outbound connection can
+take it before the server binds it): ports come from ``tests.ports``, outside the ephemeral range,
+and a server that reports EADDRINUSE is started again on a fresh one.
 """
 
 from __future__ import annotations
@@ -23,25 +28,23 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from tests.ports import PortInUse, address_in_use, candidate_port, start_with_ports
+
+__all__ = ["FixtureError", "PortInUse", "Resources", "ServerGroup", "address_in_use", "any_alive", "candidate_port",
+           "children_of", "die_with_parent", "log_tail", "pdeathsig", "pid_alive", "process_state", "signal_pids",
+           "start_with_ports", "titled_log_tail", "wait_stopped", "wait_until"]
+
 T = TypeVar("T")
 
 
 class FixtureError(RuntimeError):
     """A fixture could not reach the state it was asked for (the message carries the log tail)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if it got taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log_tail(path: Path | str, lines: int = 30) -> str:
@@ -114,13 +117,36 @@ def process_state(pid: int) -> str | None:
         return None
 
 
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+Identity = tuple[int, int]  # (pid, start time): a process, not a number the kernel hands out again
+
+
+def track(pids: Iterable[int]) -> set[Identity]:
+    """The processes behind ``pids`` now, so that a later `any_alive` is not fooled by a PID the
+    kernel gave to another process meanwhile (pid_max is 32768 here: under load PIDs come round in
+    seconds)."""
+    return {(pid, started) for pid in pids if (started := start_time(pid)) is not None}
+
+
+def pid_alive(pid: int | Identity) -> bool:
+    """True if the process exists and is not a zombie (for an Identity: the same process)."""
+    if isinstance(pid, tuple):
+        number, started = pid
+        return start_time(number) == started and pid_alive(number)
     return process_state(pid) not in (None, "Z")
 
 
-def any_alive(pids: Iterable[int]) -> set[int]:
-    """The subset of ``pids`` that still exist (non-zombie)."""
+def any_alive(pids: Iterable[int | Identity]) -> set[int | Identity]:
+    """The subset of ``pids`` (PIDs, or Identities from `track`) that still exist (non-zombie)."""
     return {pid for pid in pids if pid_alive(pid)}
 
 

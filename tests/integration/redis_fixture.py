@@ -58,12 +58,20 @@ from typing import Any
 import redis
 
 from .processes import FixtureError as FixtureError
-from .processes import ServerGroup, children_of, die_with_parent, signal_pids, titled_log_tail
+from .processes import (
+    ServerGroup,
+    address_in_use,
+    candidate_port,
+    children_of,
+    die_with_parent,
+    signal_pids,
+    titled_log_tail,
+)
 from .processes import any_alive as any_alive
-from .processes import free_port as free_port
 from .processes import log_tail as log_tail
 from .processes import pid_alive as pid_alive
 from .processes import process_state as process_state
+from .processes import track as track
 from .processes import wait_stopped as wait_stopped
 from .processes import wait_until as wait_until
 
@@ -184,7 +192,7 @@ class RedisServer:
             raise FixtureError(f"{self.name}: already running")
         reuse_port = self.port or None
         for attempt in range(5):
-            self.port = reuse_port or free_port()
+            self.port = reuse_port or candidate_port()
             conf = self._write_config()
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
@@ -202,13 +210,14 @@ class RedisServer:
                 if not self.running:
                     raise FixtureError(f"{self.name}: redis-server exited during startup\n{self.log_tail()}")
                 with self.client(timeout=1) as c:
-                    return bool(c.ping())
+                    # Ours, not a server that held the port already (we would exit with "in use").
+                    return bool(c.ping()) and c.info("server").get("process_id") == self.pid
 
             try:
                 wait_until(ready, timeout=timeout, what=f"{self.name} to answer PING", details=self.log_tail)
                 return
             except FixtureError:
-                if self.running or "in use" not in log_tail(self.log_path, 10) or reuse_port or attempt == 4:
+                if self.running or not address_in_use(log_tail(self.log_path, 10)) or reuse_port or attempt == 4:
                     raise
 
     def sigstop(self) -> None:
@@ -228,9 +237,10 @@ class RedisServer:
             return
         assert self._proc is not None
         pids = self.pids()
+        processes = track(pids)
         signal_pids(pids, signal.SIGKILL)
         self._proc.wait(timeout)
-        wait_until(lambda: not any_alive(pids), timeout=timeout, what=f"{self.name} processes to die")
+        wait_until(lambda: not any_alive(processes), timeout=timeout, what=f"{self.name} processes to die")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGCONT, then SIGTERM (Redis exits without saving since ``save ""``); SIGKILL on timeout.
@@ -239,16 +249,17 @@ class RedisServer:
             return
         assert self._proc is not None
         pids = self.pids()
+        forks = track(pids - {self._proc.pid})
         self.sigcont()
         self._proc.terminate()
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-        leftovers = any_alive(pids - {self._proc.pid})  # an RDB fork exits when its parent is gone
+        # An RDB fork exits when its parent is gone.
         with contextlib.suppress(FixtureError):
-            wait_until(lambda: not any_alive(leftovers), timeout=5, what="redis forks to exit")
-        signal_pids(any_alive(leftovers), signal.SIGKILL)
+            wait_until(lambda: not any_alive(forks), timeout=5, what="redis forks to exit")
+        signal_pids({pid for pid, _ in any_alive(forks)}, signal.SIGKILL)  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------------------------------------ pair

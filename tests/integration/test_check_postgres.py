@@ -18,6 +18,7 @@ import pytest
 from pretix_agent.checks import postgres
 from pretix_agent.checks.model import Deadline
 from pretix_agent.config import PostgresCheck, parse_duration, parse_size
+from tests.ports import refused_port
 from tests.waiting import wait_until
 
 from . import pg_fixture
@@ -121,8 +122,10 @@ def test_cut_off_replica_fails_as_not_streaming_although_nothing_is_left_to_repl
     result = wait_until(lambda: (r := probe(options)).outcome == "fail" and r, timeout=10,
                         message="the probe to see the replica cut off")
     noticed_after = time.monotonic() - started
-    print(f"cut-off replica reported failing {noticed_after:.3f} s after the cut")
-    assert noticed_after < 3
+    print(f"cut-off replica reported failing {noticed_after:.3f} s after the cut")  # the figure: bench/checks.py
+    # Seen through the WAL receiver's state at once, not because its timeout expired meanwhile.
+    timeout_ms = healthy.scalar("SELECT setting FROM pg_settings WHERE name = 'wal_receiver_timeout'", server="replica")
+    assert noticed_after < int(timeout_ms) / 1000
     assert result.reason.startswith("WAL receiver not streaming")
     assert result.values["lag_bytes"] == 0  # receive == replay: it looks caught up
     assert result.values["receiver_status"] != "streaming"
@@ -138,8 +141,9 @@ def test_standby_measured_against_its_primary_and_the_primary_gone_only_leaves_t
     assert result.values["primary_lag_bytes"] is not None
     assert result.values["primary_lsn"] is not None
 
-    unreachable = dataclasses.replace(options, primary_dsn=f"host=127.0.0.1 port={pg_fixture.free_port()} user=agent")
-    result = probe(unreachable)
+    with refused_port() as port:
+        unreachable = dataclasses.replace(options, primary_dsn=f"host=127.0.0.1 port={port} user=agent")
+        result = probe(unreachable)
     assert result.outcome == "pass"
     assert result.values["primary_lag_bytes"] is None
     assert "lag to the primary not measured: primary_dsn: connection to server at" in result.reason
@@ -256,8 +260,8 @@ def test_a_wrong_password_fails_softly_and_never_shows_the_password(healthy):
 
 
 def test_a_refused_port_is_a_hard_failure():
-    port = pg_fixture.free_port()
-    result = probe(check(f"host=127.0.0.1 port={port} user=agent password=Pw-in-dsn"))
+    with refused_port() as port:
+        result = probe(check(f"host=127.0.0.1 port={port} user=agent password=Pw-in-dsn"))
     assert result.outcome == "fail" and result.hard
     assert result.reason == f'connection to server at "127.0.0.1", port {port} failed: Connection refused'
     assert "Pw-in-dsn" not in repr(result)

@@ -13,6 +13,7 @@ import redis as redis_py
 from pretix_agent.checks import redis as redis_check
 from pretix_agent.checks.model import Deadline
 from pretix_agent.config import RedisCheck
+from tests.ports import refused_port
 from tests.waiting import wait_until
 
 from . import redis_fixture
@@ -157,8 +158,8 @@ def test_a_least_privilege_acl_user_can_run_every_part_of_the_probe_and_a_wrong_
 
 
 def test_a_refused_port_and_a_missing_unix_socket_are_hard_failures(tmp_path):
-    port = redis_fixture.free_port()
-    refused = probe(check(f"redis://:Url-Pw@127.0.0.1:{port}/0"))
+    with refused_port() as port:
+        refused = probe(check(f"redis://:Url-Pw@127.0.0.1:{port}/0"))
     assert refused.outcome == "fail" and refused.hard
     assert refused.reason == f"Error 111 connecting to 127.0.0.1:{port}. Connection refused."
     assert "Url-Pw" not in repr(refused)
@@ -198,7 +199,8 @@ def test_redis_py_is_used_without_retries_so_one_probe_is_one_attempt(monkeypatc
         return original(self)
 
     monkeypatch.setattr(redis_py.Connection, "_connect", counting_connect)
-    result = probe(check(f"redis://127.0.0.1:{redis_fixture.free_port()}/0"))
+    with refused_port() as port:
+        result = probe(check(f"redis://127.0.0.1:{port}/0"))
     assert result.hard
     assert len(attempts) == 1
 

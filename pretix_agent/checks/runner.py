@@ -7,6 +7,10 @@ probe is started beside it until it returns, so a hung dependency costs one thre
 and never stalls the daemon. Results go to `deliver(name, result)`; the daemon's loop advances
 the states (checks/health.py). The scheduler beats a heartbeat after every probe, so a scheduler
 that stops is noticed by the systemd watchdog gate.
+
+The runner owns its probe: when it stops (the daemon stops every runner on a reload and at
+shutdown), it closes the probe's kept connection (checks/keeper.py). A probe still hung then closes
+its connection when it returns, and never opens another.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from ..config import CheckSpec
-from .model import Deadline, Probe, ProbeResult, failed
+from .model import Deadline, Probe, ProbeResult, close_probe, failed
 
 # After an abort, how long the probe thread gets to notice its closed socket and return.
 ABORT_GRACE = 0.5
@@ -32,6 +36,8 @@ class CheckRunner:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"check-{spec.name}", daemon=True)
         self._probe_thread: threading.Thread | None = None
+        self._close_lock = threading.Lock()
+        self._probe_closed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -44,10 +50,19 @@ class CheckRunner:
         self._stopped.set()
 
     def stop(self) -> None:
+        """Stop the scheduler (waiting at most one probe's timeout and grace) and close the probe."""
         self.request_stop()
-        self._thread.join(timeout=self.spec.timeout + ABORT_GRACE + 1)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.spec.timeout + ABORT_GRACE + 1)
+        self._close_probe()
 
     def _run(self) -> None:
+        try:
+            self._schedule()
+        finally:
+            self._close_probe()  # at once, not when stop() gets round to this runner
+
+    def _schedule(self) -> None:
         next_start = time.monotonic()
         while not self._stopped.is_set():
             result = self.probe_once()
@@ -60,6 +75,16 @@ class CheckRunner:
             if next_start < now:  # a slow probe: skip the starts that passed, keep the cadence
                 next_start = now
             self._stopped.wait(next_start - now)
+
+    def _close_probe(self) -> None:
+        with self._close_lock:
+            if self._probe_closed:
+                return
+            self._probe_closed = True
+        try:
+            close_probe(self.probe)
+        except Exception:  # closing is best effort: a stopping check must not take the daemon down
+            pass
 
     def probe_once(self) -> ProbeResult:
         """Run one probe with its deadline; return its result, or a timeout failure."""

@@ -14,6 +14,7 @@ workers, which serve pretix, close every connection; nginx in front of them keep
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import socket
@@ -209,6 +210,7 @@ class HttpConnection:
             self._http.request("GET", request.path, headers=headers)
             response = self._http.getresponse()
             phase = "reading the answer"
+            _ack_now(self._sock)
             self._sock.settimeout(deadline.remaining())
             body = response.read(BODY_READ_LIMIT)
             # Reusable only if the answer was read to its end and the server keeps the connection:
@@ -223,6 +225,18 @@ class HttpConnection:
         finally:
             if response is not None and not self._sound:
                 response.close()
+
+
+def _ack_now(sock: socket.socket) -> None:
+    """Acknowledge what has arrived at once (Linux). A server that writes the head and the body of
+    an answer separately, without TCP_NODELAY, holds the body back until the head is acknowledged
+    (Nagle), and on a connection kept alive this side delays that acknowledgement by up to 40 ms:
+    every latency measured would be 40 ms too long. New connections do not meet this (they start
+    in quick-ack mode), nor servers that write in one go (nginx)."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
 def _lost(error: BaseException) -> bool:

@@ -215,7 +215,8 @@ def observe(client: Any, options: RedisCheck, probe_key: str, step: Step) -> Red
         step.name = "write probe"
         write, write_error = _write_probe(client, probe_key, redis.exceptions)
     step.name = "INFO"
-    info = client.info()
+    # Only the two sections read below: parsing all of INFO costs more CPU than the rest of a probe.
+    info = {**client.info("replication"), **client.info("memory")}
     step.name = "queue lengths"
     depths = {queue: _queue_depth(client, queue, redis.exceptions.ResponseError) for queue in options.queues}
     return RedisObservation(

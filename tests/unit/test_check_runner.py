@@ -50,7 +50,7 @@ def test_a_probe_that_ignores_its_abort_is_never_run_twice_at_once():
     second = runner.probe_once()
     assert "still hung" in second.reason and len(calls) == 1
     stuck.set()
-    wait_until(lambda: not runner._probe_thread.is_alive(), 5, message="the probe thread to end")
+    wait_until(lambda: not runner.probe_busy(), 5, message="the hung probe to return")
     assert runner.probe_once().outcome == "pass" and len(calls) == 2
 
 

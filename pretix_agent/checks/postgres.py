@@ -18,6 +18,7 @@ probe is made, so the rest of the agent does not need it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import select
 from collections.abc import Callable, Mapping
@@ -273,25 +274,35 @@ def probe(options: PostgresCheck, deadline: Deadline) -> ProbeResult:
         once.close()
 
 
+# One statement for both roles: with the connection kept, every round trip is a good part of what
+# a probe costs. The role is read once (in FROM), and each branch runs only for its role: the
+# standby's functions return nothing useful on a primary, pg_current_wal_lsn() fails on a standby.
+# pg_is_wal_replay_paused() is true only once replay has stopped; since PostgreSQL 14 the pause
+# state also shows a requested pause, which stops replay at the next record.
+_OBSERVE = """SELECT r.in_recovery, current_setting('transaction_read_only') = 'on',
+ CASE WHEN r.in_recovery THEN pg_last_wal_receive_lsn()::text END,
+ CASE WHEN r.in_recovery THEN pg_last_wal_replay_lsn()::text END,
+ CASE WHEN r.in_recovery THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+ CASE WHEN r.in_recovery THEN (SELECT status FROM pg_stat_wal_receiver LIMIT 1) END,
+ CASE WHEN r.in_recovery THEN {paused} END,
+ CASE WHEN NOT r.in_recovery THEN (SELECT json_agg(json_build_array(application_name, client_addr::text, state,
+   sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint) ORDER BY application_name, pid)
+  FROM pg_stat_replication) END
+FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r"""
+_PAUSED_SINCE_14 = "pg_get_wal_replay_pause_state() <> 'not paused'"
+_PAUSED_BEFORE_14 = "pg_is_wal_replay_paused()"
+
+
 def observe(connection: PgConnection, deadline: Deadline) -> PostgresObservation:
     """Measure the server over `connection`. Raise ProbeStopped with the result if that fails."""
-    in_recovery, read_only = connection.row(
-        "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'", deadline)
+    paused = _PAUSED_SINCE_14 if connection.server_version >= 140000 else _PAUSED_BEFORE_14
+    in_recovery, read_only, receive, replay, age, receiver, replay_paused, standbys = connection.row(
+        _OBSERVE.format(paused=paused), deadline)
     if in_recovery != "t":
-        rows = connection.rows(
-            "SELECT application_name, client_addr::text, state, sync_state,"
-            " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint"
-            " FROM pg_stat_replication ORDER BY application_name, pid", deadline)
-        standbys = tuple(Standby(name or "", addr, state, sync, _int(lag)) for name, addr, state, sync, lag in rows)
-        return PostgresObservation(in_recovery=False, read_only=read_only == "t", standbys=standbys)
-    # pg_is_wal_replay_paused() is true only once replay has stopped; since PostgreSQL 14 the
-    # pause state also shows a requested pause, which stops replay at the next record.
-    paused = ("pg_get_wal_replay_pause_state() <> 'not paused'" if connection.server_version >= 140000
-              else "pg_is_wal_replay_paused()")
-    receive, replay, age, receiver, replay_paused = connection.row(
-        "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
-        " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
-        f" (SELECT status FROM pg_stat_wal_receiver LIMIT 1), {paused}", deadline)
+        rows = json.loads(standbys) if standbys else []
+        return PostgresObservation(
+            in_recovery=False, read_only=read_only == "t",
+            standbys=tuple(Standby(name or "", addr, state, sync, lag) for name, addr, state, sync, lag in rows))
     return PostgresObservation(
         in_recovery=True, read_only=read_only == "t", receive_lsn=parse_lsn(receive),
         replay_lsn=parse_lsn(replay), replay_age=None if age is None else float(age), receiver_status=receiver,
@@ -306,10 +317,6 @@ def observe_primary(connection: PgConnection, deadline: Deadline) -> tuple[int |
     if in_recovery == "t":
         return None, "primary_dsn points to a server in recovery, not to the primary"
     return parse_lsn(lsn), None
-
-
-def _int(text: str | None) -> int | None:
-    return None if text is None else int(text)
 
 
 def _connection_factory(dsn: str, application_name: str) -> Callable[[], PgConnection]:

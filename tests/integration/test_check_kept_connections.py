@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import signal
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -467,3 +468,27 @@ def test_ten_thousand_http_probes_with_a_restart_every_thousand_leave_no_descrip
     finally:
         kept.close()
     assert open_descriptors() == baseline
+
+
+# ---------------------------------------------------------------------------------------------
+# In the daemon: a reload and a stop close the kept connections (the runner closes its probe)
+
+
+def test_a_reload_and_a_stop_of_the_daemon_close_the_kept_connections(agent_factory, redis_pair):
+    check = f"""
+[checks.cache]
+type = "redis"
+url = "{redis_pair.url()}"
+interval = "300ms"
+timeout = "200ms"
+"""
+    agent = agent_factory(check)
+    agent.wait_status(lambda d: d["checks"].get("cache", {}).get("state") == "passing")
+    assert len(redis_clients(redis_pair, "cache")) == 1
+    agent.config.write_text(agent.config.read_text().replace("[checks.cache]", "[checks.sessions]"))
+    agent.signal(signal.SIGHUP)
+    agent.wait_status(lambda d: d["checks"].get("sessions", {}).get("state") == "passing")
+    wait_until(lambda: not redis_clients(redis_pair, "cache"), 10, message="the removed check's connection to close")
+    assert len(redis_clients(redis_pair, "sessions")) == 1
+    assert agent.stop() == 0
+    assert not redis_clients(redis_pair, "sessions")  # closed before the daemon exited

@@ -147,9 +147,6 @@ class ProbeWorker:
             self._stopping = True
             self._changed.notify_all()
 
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def _serve(self) -> None:
         while True:
             with self._changed:

@@ -9,14 +9,15 @@ real servers; the state machine is the daemon's.
 CPU per probe, per check type (PostgreSQL standby and primary, Redis, HTTP), with the connection
 kept between probes (the product's probes, from make_probe) against a new connection for every
 probe (the one-off `probe()` functions, which is how every probe ran before), in the same run:
-the real runner probes every 50 ms for a few seconds in this process, and the process's CPU time
-is divided by the probes delivered. Beside them, the runner with a probe that does nothing (its
-own share of each figure).
+nine real runners in this process at a 1 s interval at once (each type kept and fresh, and one
+with a probe that does nothing: the runner's own share of each figure), each timed by the CPU
+clocks of its own two threads and divided by the probes it delivered.
 
 CPU of the daemon: four checks at a 1 s interval (the same four) for a quiet period, beside the
 same daemon with no checks, in the same run; `cpu_per_probe_ms` includes the daemon's loop cycle
-that every result triggers. The HTTP server is an HTTP/1.1 keep-alive server that writes each
-answer in one piece, as nginx in front of pretix does.
+that every result triggers, shown apart as `of_which_main_loop_ms` (the main thread's CPU). The
+HTTP server is an HTTP/1.1 keep-alive server that writes each answer in one piece, as nginx in
+front of pretix does.
 """
 
 from __future__ import annotations

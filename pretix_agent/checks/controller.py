@@ -21,7 +21,7 @@ from ..controller import Change, Controller, Facts, Services, Swap, Worker
 from ..events import Event
 from . import health
 from .health import CheckState
-from .model import Deadline, ProbeResult, unknown
+from .model import Deadline, Probe, ProbeResult, unknown
 from .runner import ABORT_GRACE, CheckRunner
 from .units import UnitChecks
 
@@ -94,6 +94,7 @@ class ChecksController(Controller[Observed, Step]):
         for spec in coming:
             if spec.type == "systemd":
                 continue  # its probe comes from the unit watcher, set up at commit
+            probe: Probe
             try:
                 from .probes import make_probe  # psycopg and redis load only when such checks exist
 

@@ -1,8 +1,10 @@
 """What a probe returns, and how a runner can abort it.
 
-A probe is a function `probe(deadline) -> ProbeResult`. It never raises for anything the checked
+A probe is a callable `probe(deadline) -> ProbeResult`. It never raises for anything the checked
 system does (refused connections, timeouts, garbage, missing permissions): failures are values.
-"Could not measure" is `unknown` with a reason, never a fake zero.
+"Could not measure" is `unknown` with a reason, never a fake zero. A probe that keeps a connection
+between probes (checks/keeper.py) also has `close()` (`ConnectedProbe`); its runner owns it and
+closes it when the check stops, and a plain function, which keeps nothing, needs none.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 # The model itself lives in check_results.py; these names are re-exported for the probes.
 from ..check_results import FAIL, PASS, UNKNOWN, ProbeResult, failed, passed, unknown
@@ -69,3 +72,21 @@ class Deadline:
 
 
 Probe = Callable[[Deadline], ProbeResult]
+
+
+class ConnectedProbe(Protocol):
+    """A probe that owns a connection kept between probes: called like any probe (never two calls
+    at once), closed once when its check stops. `close()` may come from another thread while a
+    call still runs (a probe hung past its abort): the connection is then closed when that call
+    returns, and no later call opens a new one."""
+
+    def __call__(self, deadline: Deadline) -> ProbeResult: ...
+
+    def close(self) -> None: ...
+
+
+def close_probe(probe: Probe) -> None:
+    """Close `probe`'s connection if it keeps one; a plain function keeps none."""
+    close = getattr(probe, "close", None)
+    if callable(close):
+        close()

@@ -1,8 +1,9 @@
 """PostgreSQL check: role, replication lag in bytes and seconds, WAL receiver, paused replay.
 
-Observe, then decide: `observe()` talks to the server(s) and returns a `PostgresObservation` of plain
-values; `classify()` turns an observation and the check's options into a ProbeResult, with no I/O
-(tested with plain values in tests/unit/test_check_postgres.py).
+Observe, then decide: `observe()` asks the server over a connection and returns a
+`PostgresObservation` of plain values; `classify()` turns an observation and the check's options
+into a ProbeResult, with no I/O (tested with plain values in tests/unit/test_check_postgres.py).
+`PostgresProbe` ties them together and keeps the connections between probes (checks/keeper.py).
 
 Every query works for a role that is only a member of `pg_monitor`.
 
@@ -11,19 +12,22 @@ every wait bounded by the deadline: libpq ignores `connect_timeout` in non-block
 3.1 waits forever without it and rounds it to whole seconds of at least 2, and a query to a
 SIGSTOPped server never returns. Here the probe returns when the deadline is up, whatever the
 server does, and the runner's abort shuts the socket down as well. psycopg is imported only when a
-probe runs, so the rest of the agent does not need it.
+probe is made, so the rest of the agent does not need it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import select
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .keeper import ConnectionKeeper, ConnectionLost
 from .model import Deadline, ProbeResult, ProbeStopped, failed, passed, unknown
-from .sockets import SocketBreaker
+from .sockets import SocketBreaker, readable_now
 from .text import one_line, scrub
 
 if TYPE_CHECKING:
@@ -214,129 +218,154 @@ def require() -> None:
         raise ImportError("the postgres check needs psycopg 3: apt install python3-psycopg") from None
 
 
+class PostgresProbe:
+    """The probe of one postgres check. It keeps its connection to `options.dsn` (and one to
+    `options.primary_dsn`) between probes (checks/keeper.py), in autocommit: every query is its own
+    transaction, so nothing holds a snapshot or a lock between probes, and a standby's recovery
+    never waits for the agent. The sessions show as `application_name` "pretix-agent check NAME"
+    (unless the DSN sets its own). With `keep=False`, every probe connects anew (the benchmark's
+    baseline)."""
+
+    def __init__(self, options: PostgresCheck, check_name: str | None = None, keep: bool = True):
+        self.options = options
+        application_name = f"{APPLICATION_NAME} check {check_name}" if check_name else APPLICATION_NAME
+        self.server: ConnectionKeeper[PgConnection] = ConnectionKeeper(
+            connection_factory(options.dsn, application_name), keep)
+        self.primary: ConnectionKeeper[PgConnection] | None = None
+        if options.primary_dsn:
+            self.primary = ConnectionKeeper(connection_factory(options.primary_dsn, application_name), keep)
+
+    def __call__(self, deadline: Deadline) -> ProbeResult:
+        try:
+            observation = self.server.run(deadline, observe)
+        except ProbeStopped as stop:
+            return stop.result
+        if observation.in_recovery and self.primary is not None:
+            primary_lsn, primary_problem = self._primary_lsn(self.primary, deadline)
+            observation = dataclasses.replace(observation, primary_lsn=primary_lsn, primary_problem=primary_problem)
+        return classify(observation, self.options)
+
+    def close(self) -> None:
+        self.server.close()
+        if self.primary is not None:
+            self.primary.close()
+
+    @staticmethod
+    def _primary_lsn(primary: ConnectionKeeper[PgConnection], deadline: Deadline) -> tuple[int | None, str | None]:
+        """The primary's current WAL position, or None and why not. Its failures never fail the check:
+        the standby is measured already, and a primary that hangs must not time the whole probe out, so
+        it gets the remaining time minus a reserve for returning."""
+        reserve = min(0.1, deadline.timeout * 0.1)
+        own = Deadline(max(0.001, deadline.remaining() - reserve))
+        deadline.on_abort(own.abort)
+        try:
+            return primary.run(own, observe_primary)
+        except ProbeStopped as stop:
+            return None, f"primary_dsn: {stop.result.reason}"
+
+
 def probe(options: PostgresCheck, deadline: Deadline) -> ProbeResult:
-    """One probe of the server at `options.dsn` (and `options.primary_dsn` on a standby)."""
+    """One probe of the server at `options.dsn` (and `options.primary_dsn` on a standby) over new
+    connections, closed after it: what every probe cost before connections were kept."""
+    once = PostgresProbe(options, keep=False)
     try:
-        observation = observe(options, deadline)
-    except ProbeStopped as stop:
-        return stop.result
-    return classify(observation, options)
+        return once(deadline)
+    finally:
+        once.close()
 
 
-def observe(options: PostgresCheck, deadline: Deadline) -> PostgresObservation:
-    """Measure the server at `options.dsn`. Raise ProbeStopped with the result if that fails."""
-    with Session(options.dsn, deadline) as session:
-        in_recovery, read_only = session.row(
-            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'")
-        if in_recovery != "t":
-            rows = session.rows(
-                "SELECT application_name, client_addr::text, state, sync_state,"
-                " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint"
-                " FROM pg_stat_replication ORDER BY application_name, pid")
-            standbys = tuple(Standby(name or "", addr, state, sync, _int(lag)) for name, addr, state, sync, lag in rows)
-            return PostgresObservation(in_recovery=False, read_only=read_only == "t", standbys=standbys)
-        # pg_is_wal_replay_paused() is true only once replay has stopped; since PostgreSQL 14 the
-        # pause state also shows a requested pause, which stops replay at the next record.
-        paused = ("pg_get_wal_replay_pause_state() <> 'not paused'" if session.server_version >= 140000
-                  else "pg_is_wal_replay_paused()")
-        receive, replay, age, receiver, replay_paused = session.row(
-            "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
-            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
-            f" (SELECT status FROM pg_stat_wal_receiver LIMIT 1), {paused}")
-    primary_lsn, primary_problem = None, None
-    if options.primary_dsn:
-        primary_lsn, primary_problem = _primary_lsn(options.primary_dsn, deadline)
+# One statement for both roles: with the connection kept, every round trip is a good part of what
+# a probe costs. The role is read once (in FROM), and each branch runs only for its role: the
+# standby's functions return nothing useful on a primary, pg_current_wal_lsn() fails on a standby.
+# pg_is_wal_replay_paused() is true only once replay has stopped; since PostgreSQL 14 the pause
+# state also shows a requested pause, which stops replay at the next record.
+_OBSERVE = """SELECT r.in_recovery, current_setting('transaction_read_only') = 'on',
+ CASE WHEN r.in_recovery THEN pg_last_wal_receive_lsn()::text END,
+ CASE WHEN r.in_recovery THEN pg_last_wal_replay_lsn()::text END,
+ CASE WHEN r.in_recovery THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+ CASE WHEN r.in_recovery THEN (SELECT status FROM pg_stat_wal_receiver LIMIT 1) END,
+ CASE WHEN r.in_recovery THEN {paused} END,
+ CASE WHEN NOT r.in_recovery THEN (SELECT json_agg(json_build_array(application_name, client_addr::text, state,
+   sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint) ORDER BY application_name, pid)
+  FROM pg_stat_replication) END
+FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r"""
+_PAUSED_SINCE_14 = "pg_get_wal_replay_pause_state() <> 'not paused'"
+_PAUSED_BEFORE_14 = "pg_is_wal_replay_paused()"
+
+
+def observe(connection: PgConnection, deadline: Deadline) -> PostgresObservation:
+    """Measure the server over `connection`. Raise ProbeStopped with the result if that fails."""
+    paused = _PAUSED_SINCE_14 if connection.server_version >= 140000 else _PAUSED_BEFORE_14
+    in_recovery, read_only, receive, replay, age, receiver, replay_paused, standbys = connection.row(
+        _OBSERVE.format(paused=paused), deadline)
+    if in_recovery != "t":
+        rows = json.loads(standbys) if standbys else []
+        return PostgresObservation(
+            in_recovery=False, read_only=read_only == "t",
+            standbys=tuple(Standby(name or "", addr, state, sync, lag) for name, addr, state, sync, lag in rows))
     return PostgresObservation(
         in_recovery=True, read_only=read_only == "t", receive_lsn=parse_lsn(receive),
         replay_lsn=parse_lsn(replay), replay_age=None if age is None else float(age), receiver_status=receiver,
-        replay_paused=replay_paused == "t", primary_lsn=primary_lsn, primary_problem=primary_problem)
+        replay_paused=replay_paused == "t")
 
 
-def _primary_lsn(dsn: str, deadline: Deadline) -> tuple[int | None, str | None]:
-    """The primary's current WAL position, or None and why not. Its failures never fail the check:
-    the standby is measured already, and a primary that hangs must not time the whole probe out, so
-    it gets the remaining time minus a reserve for returning."""
-    reserve = min(0.1, deadline.timeout * 0.1)
-    own = Deadline(max(0.001, deadline.remaining() - reserve))
-    deadline.on_abort(own.abort)
-    try:
-        with Session(dsn, own) as session:
-            in_recovery, lsn = session.row(
-                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL"
-                " ELSE pg_current_wal_lsn()::text END")
-    except ProbeStopped as stop:
-        return None, f"primary_dsn: {stop.result.reason}"
+def observe_primary(connection: PgConnection, deadline: Deadline) -> tuple[int | None, str | None]:
+    """The current WAL position of the server at primary_dsn, or None and why not."""
+    in_recovery, lsn = connection.row(
+        "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL"
+        " ELSE pg_current_wal_lsn()::text END", deadline)
     if in_recovery == "t":
         return None, "primary_dsn points to a server in recovery, not to the primary"
     return parse_lsn(lsn), None
 
 
-def _int(text: str | None) -> int | None:
-    return None if text is None else int(text)
+def connection_factory(dsn: str, application_name: str) -> Callable[[], PgConnection]:
+    """Parse `dsn` once; return what makes an unconnected PgConnection for it. For a DSN libpq
+    cannot parse, every connection attempt fails with the reason (one line, no password)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params: dict[str, Any] = conninfo_to_dict(dsn)
+    except psycopg.Error as error:
+        # libpq quotes the word or value it choked on, which may be part of a password
+        text = re.sub(r'(after|value) "[^"]*"', r'\1 "…"', one_line(str(error)))
+        invalid = failed(f"invalid DSN: {text}")
+
+        def refuse() -> PgConnection:
+            raise ProbeStopped(invalid)
+
+        return refuse
+    secrets = [str(params["password"])] if params.get("password") else []
+    params.setdefault("application_name", application_name)
+    conninfo = make_conninfo("", **params).encode()
+    target = _target(params)
+    return lambda: PgConnection(conninfo, target, secrets)
 
 
-class Session:
-    """One connection, opened and queried within a deadline. Raises ProbeStopped for anything the
-    server (or the network) does wrong; never blocks past the deadline."""
+class PgConnection:
+    """One libpq connection, driven in non-blocking mode so that no call outlives its deadline.
+    Raises ProbeStopped for anything the server (or the network) does wrong; ConnectionLost
+    (checks/keeper.py) when the connection broke under a query."""
 
-    def __init__(self, dsn: str, deadline: Deadline):
+    def __init__(self, conninfo: bytes, target: str, secrets: list[str]):
         import psycopg
         from psycopg import pq
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         self._pq = pq
         self._error_class = psycopg.Error
-        self._deadline = deadline
+        self._conninfo = conninfo
+        self.target = target
+        self._secrets = secrets
         self._pgconn: Any = None
-        try:
-            params: dict[str, Any] = conninfo_to_dict(dsn)
-        except psycopg.Error as error:
-            # libpq quotes the word or value it choked on, which may be part of a password
-            text = re.sub(r'(after|value) "[^"]*"', r'\1 "…"', one_line(str(error)))
-            raise ProbeStopped(failed(f"invalid DSN: {text}")) from None
-        self._secrets = [str(params["password"])] if params.get("password") else []
-        params.setdefault("application_name", APPLICATION_NAME)
-        self.target = _target(params)
-        self._breaker = SocketBreaker(deadline)
-        self._phase = "connecting"
-        self._pgconn = pq.PGconn.connect_start(make_conninfo("", **params).encode())
-        self._breaker.watch(self._socket_or_none)
-        try:
-            self._connect()
-        except BaseException:
-            self.close()
-            raise
+        self._broken = False  # an exchange did not complete: never reuse
 
-    def rearm(self, deadline: Deadline) -> None:
-        """Bound the next queries of a connection kept open between rounds by a new deadline."""
-        self._breaker.release()
-        self._deadline = deadline
-        self._breaker = SocketBreaker(deadline)
-        self._breaker.watch(self._socket_or_none)
+    # -- the keeper's protocol
 
-    @property
-    def server_version(self) -> int:
-        return int(self._pgconn.server_version)
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._breaker.release()
-        if self._pgconn is not None:
-            self._pgconn.finish()  # sends Terminate; never blocks on a socket buffer this empty
-
-    def _socket_or_none(self) -> int | None:
-        try:
-            return int(self._pgconn.socket)
-        except Exception:
-            return None
-
-    def _connect(self) -> None:
+    def establish(self, deadline: Deadline, breaker: SocketBreaker) -> None:
         pq = self._pq
+        self._pgconn = pq.PGconn.connect_start(self._conninfo)
+        breaker.watch(self.socket)
         # libpq's contract: poll as if PQconnectPoll had just said "writing", wait for what it
         # says next, until OK or FAILED (the socket may change between attempts; ask each time).
         status = pq.PollingStatus.WRITING
@@ -344,51 +373,63 @@ class Session:
             status = pq.PollingStatus.FAILED
         while status != pq.PollingStatus.OK:
             if status == pq.PollingStatus.FAILED:
-                raise ProbeStopped(self._connect_failure())
-            self._wait(read=status == pq.PollingStatus.READING)
+                raise ProbeStopped(self._connect_failure(deadline))
+            self._wait(deadline, read=status == pq.PollingStatus.READING, phase="connecting")
             try:
                 status = self._pgconn.connect_poll()
             except self._error_class:
                 status = pq.PollingStatus.FAILED
         self._pgconn.nonblocking = 1
-        self._phase = "query"
 
-    def _connect_failure(self) -> ProbeResult:
-        if self._aborted():
-            return self._timeout()
-        message = self._scrub(self._pgconn.error_message.decode("utf-8", "replace"))
-        attempts = [line for line in message.splitlines() if line.strip() and not line[0].isspace()]
-        # "Connection refused" (TCP) and "No such file or directory" (Unix socket) mean nothing
-        # listens there: the server is gone. Everything else (authentication, "starting up", "too
-        # many clients", name resolution) is soft.
-        gone = bool(attempts) and all(line.rstrip().endswith(("Connection refused", "No such file or directory"))
-                                      for line in attempts)
-        text = "; ".join(_clean(one_line(line)) for line in attempts) or "connection failed"
-        return failed(text, hard=gone, target=self.target)
+    def socket(self) -> int | None:
+        try:
+            return int(self._pgconn.socket)
+        except Exception:
+            return None
 
-    def row(self, sql: str) -> tuple[str | None, ...]:
-        rows = self.rows(sql)
+    def stale(self) -> bool:
+        return not self.sound() or readable_now(self.socket())
+
+    def sound(self) -> bool:
+        pq, pgconn = self._pq, self._pgconn
+        return (not self._broken and pgconn is not None and pgconn.status == pq.ConnStatus.OK
+                and pgconn.transaction_status == pq.TransactionStatus.IDLE)
+
+    def close(self) -> None:
+        if self._pgconn is not None:
+            self._pgconn.finish()  # sends Terminate; never blocks on a socket buffer this empty
+            self._pgconn = None
+
+    # -- queries
+
+    @property
+    def server_version(self) -> int:
+        return int(self._pgconn.server_version)
+
+    def row(self, sql: str, deadline: Deadline) -> tuple[str | None, ...]:
+        rows = self.rows(sql, deadline)
         if len(rows) != 1:
             raise ProbeStopped(unknown(f"expected one row, got {len(rows)}: {sql}"))
         return rows[0]
 
-    def rows(self, sql: str, params: tuple[str, ...] = ()) -> list[tuple[str | None, ...]]:
+    def rows(self, sql: str, deadline: Deadline, params: tuple[str, ...] = ()) -> list[tuple[str | None, ...]]:
         """Run one query (with text parameters $1, $2, ... if given); return its rows as text (None
         for NULL)."""
         pq, pgconn = self._pq, self._pgconn
         result_rows: list[tuple[str | None, ...]] = []
         error: str | None = None
+        self._broken = True  # until every result of this query has been read
         try:
             if params:
                 pgconn.send_query_params(sql.encode(), [param.encode() for param in params])
             else:
                 pgconn.send_query(sql.encode())
             while pgconn.flush():
-                self._wait(read=False)
+                self._wait(deadline, read=False, phase="query")
             while True:
                 pgconn.consume_input()
                 if pgconn.is_busy():
-                    self._wait(read=True)
+                    self._wait(deadline, read=True, phase="query")
                     continue
                 result = pgconn.get_result()
                 if result is None:
@@ -402,10 +443,16 @@ class Session:
                 elif result.status != pq.ExecStatus.COMMAND_OK:
                     error = error or result.error_message.decode("utf-8", "replace")
         except self._error_class as lost:
-            if self._aborted():
-                raise ProbeStopped(self._timeout()) from None
+            if self._aborted(deadline):
+                raise ProbeStopped(self._timeout(deadline, "query")) from None
             text = self._scrub(pgconn.error_message.decode("utf-8", "replace") or str(lost))
-            raise ProbeStopped(failed(f"connection lost: {_clean(one_line(text))}", target=self.target)) from None
+            raise ConnectionLost(failed(f"connection lost: {_clean(one_line(text))}", target=self.target)) from None
+        if pgconn.status != pq.ConnStatus.OK:
+            # The server said why it hangs up ("terminating connection due to administrator command")
+            # and did: the connection is lost, not the measurement refused.
+            text = self._scrub(error or pgconn.error_message.decode("utf-8", "replace"))
+            raise ConnectionLost(failed(f"connection lost: {_clean(one_line(text))}", target=self.target))
+        self._broken = False
         if error is not None:
             # A query the server refuses (permission denied, recovery ended between two queries):
             # the server is there, but this probe could not measure it.
@@ -413,26 +460,43 @@ class Session:
                                        target=self.target))
         return result_rows
 
-    def _wait(self, read: bool) -> None:
+    # -- waiting and failing
+
+    def _wait(self, deadline: Deadline, read: bool, phase: str) -> None:
         """Wait until the socket is readable (or writable); raise ProbeStopped at the deadline."""
-        if self._aborted():
-            raise ProbeStopped(self._timeout())
+        if self._aborted(deadline):
+            raise ProbeStopped(self._timeout(deadline, phase))
         try:
             fd = self._pgconn.socket
         except Exception:
             return  # no socket: let libpq report why on the next call
         poller = select.poll()
         poller.register(fd, select.POLLIN if read else select.POLLOUT)
-        ready = poller.poll(self._deadline.remaining() * 1000)
-        if not ready or self._aborted():
-            raise ProbeStopped(self._timeout())
+        ready = poller.poll(deadline.remaining() * 1000)
+        if not ready or self._aborted(deadline):
+            raise ProbeStopped(self._timeout(deadline, phase))
 
-    def _aborted(self) -> bool:
-        return self._deadline.aborted or self._deadline.expired()
+    def _connect_failure(self, deadline: Deadline) -> ProbeResult:
+        if self._aborted(deadline):
+            return self._timeout(deadline, "connecting")
+        message = self._scrub(self._pgconn.error_message.decode("utf-8", "replace"))
+        attempts = [line for line in message.splitlines() if line.strip() and not line[0].isspace()]
+        # "Connection refused" (TCP) and "No such file or directory" (Unix socket) mean nothing
+        # listens there: the server is gone. Everything else (authentication, "starting up", "too
+        # many clients", name resolution) is soft.
+        gone = bool(attempts) and all(line.rstrip().endswith(("Connection refused", "No such file or directory"))
+                                      for line in attempts)
+        text = "; ".join(_clean(one_line(line)) for line in attempts) or "connection failed"
+        return failed(text, hard=gone, target=self.target)
 
-    def _timeout(self) -> ProbeResult:
-        return failed(f"timeout: no answer from {self.target} within {self._deadline.timeout:.3g} s "
-                      f"({self._phase})", target=self.target)
+    @staticmethod
+    def _aborted(deadline: Deadline) -> bool:
+        return deadline.aborted or deadline.expired()
+
+    def _timeout(self, deadline: Deadline, phase: str) -> ProbeResult:
+        self._broken = True
+        return failed(f"timeout: no answer from {self.target} within {deadline.timeout:.3g} s ({phase})",
+                      target=self.target)
 
     def _scrub(self, text: str) -> str:
         return scrub(text, self._secrets)
@@ -446,4 +510,3 @@ def _target(params: Mapping[str, Any]) -> str:
 def _clean(line: str) -> str:
     # 'failed: FATAL:  password authentication failed' -> 'failed: password authentication failed'
     return re.sub(r"\b(?:FATAL|ERROR|PANIC):\s+", "", line.strip())
-

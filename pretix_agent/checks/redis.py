@@ -1,13 +1,11 @@
 """Redis check: PING latency, a write probe, role and replication link, memory, celery queue depths.
 
-Observe, then decide: `observe()` asks the server and returns a `RedisObservation` of plain values;
-`classify()` turns it and the check's options into a ProbeResult, with no I/O (tested with plain
-values in tests/unit/test_check_redis.py).
-
-One probe is one connection and one attempt: redis-py before 5 has no socket timeouts unless given,
-and redis-py 6 and later retry three times by default, so both are passed explicitly. The socket
-timeouts bound every call by the time left when the probe starts; the runner's abort shuts the
-socket down at the deadline on top of that. redis is imported only when a probe runs.
+Observe, then decide: `observe()` asks the server over a connected client and returns a
+`RedisObservation` of plain values; `classify()` turns it and the check's options into a
+ProbeResult, with no I/O (tested with plain values in tests/unit/test_check_redis.py). Connection
+handling is apart from both: `RedisConnection` (deadlines, failures as results) and `RedisProbe`,
+which keeps the connection between probes (checks/keeper.py). redis is imported only when a probe
+is made.
 
 Celery (kombu's Redis transport) keeps each queue as a list named after it, plus one list per
 priority step ("mail\\x06\\x163", ...\\x06\\x166, ...\\x06\\x169) for tasks sent with a priority;
@@ -18,13 +16,14 @@ a waiting celery message carries no time it was sent (see docs/checks.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from .keeper import ConnectionKeeper, ConnectionLost
 from .model import Deadline, ProbeResult, ProbeStopped, failed, passed, unknown
-from .sockets import SocketBreaker
+from .sockets import SocketBreaker, readable_now
 from .text import one_line, scrub
 
 if TYPE_CHECKING:
@@ -41,6 +40,8 @@ WRITE_READONLY = "read-only"  # READONLY: a replica
 WRITE_OOM = "oom"  # OOM: used_memory reached maxmemory with a noeviction policy
 WRITE_DENIED = "denied"  # NOPERM: the ACL user may not SET the probe key
 WRITE_REFUSED = "refused"  # anything else, e.g. MISCONF (the last RDB save failed, writes stopped)
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,70 +157,70 @@ def require() -> None:
         raise ImportError("the redis check needs redis-py: apt install python3-redis") from None
 
 
+class RedisProbe:
+    """The probe of one redis check: it keeps its connection between probes (checks/keeper.py),
+    named "pretix-agent:check:NAME" in CLIENT LIST. With `keep=False`, every probe connects anew
+    (the benchmark's baseline). The write probe sets `probe_key` with a TTL."""
+
+    def __init__(self, options: RedisCheck, probe_key: str = PROBE_KEY_PREFIX + "probe",
+                 check_name: str | None = None, keep: bool = True):
+        self.options = options
+        self.probe_key = probe_key
+        client_name = client_name_for(check_name)
+        self.keeper: ConnectionKeeper[RedisConnection] = ConnectionKeeper(
+            lambda: RedisConnection(options.url, client_name), keep)
+
+    def __call__(self, deadline: Deadline) -> ProbeResult:
+        try:
+            observation = self.keeper.run(deadline, self._observe)
+        except ProbeStopped as stop:
+            return stop.result
+        return classify(observation, self.options)
+
+    def close(self) -> None:
+        self.keeper.close()
+
+    def _observe(self, connection: RedisConnection, deadline: Deadline) -> RedisObservation:
+        return connection.measure(deadline, lambda client, step: observe(client, self.options, self.probe_key, step))
+
+
 def probe(options: RedisCheck, deadline: Deadline, probe_key: str = PROBE_KEY_PREFIX + "probe") -> ProbeResult:
-    """One probe of the server at `options.url`; the write probe sets `probe_key` with a TTL."""
+    """One probe of the server at `options.url` over a new connection, closed after it: what every
+    probe cost before connections were kept."""
+    once = RedisProbe(options, probe_key, keep=False)
     try:
-        observation = observe(options, deadline, probe_key)
-    except ProbeStopped as stop:
-        return stop.result
-    return classify(observation, options)
-
-
-def observe(options: RedisCheck, deadline: Deadline, probe_key: str) -> RedisObservation:
-    """Measure the server at `options.url`. Raise ProbeStopped with the result if that fails."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    breaker = SocketBreaker(deadline)
-    target = describe_url(options.url)
-    secrets = url_secrets(options.url)
-    phase = "connecting"
-
-    def watch_then_handshake(connection: Any) -> None:
-        # Called by redis-py once the socket is connected, before AUTH/SELECT/HELLO: from here on an
-        # abort can break whatever waits for the server.
-        breaker.watch(lambda: getattr(connection, "_sock", None))
-        connection.on_connect()
-
-    timeout = deadline.remaining()
-    timeouts = {"socket_timeout": timeout}
-    if urlsplit(options.url).scheme != "unix":  # redis-py 4 has no connect timeout for Unix sockets
-        timeouts["socket_connect_timeout"] = timeout
-    try:
-        pool = redis.ConnectionPool.from_url(
-            options.url, retry=Retry(NoBackoff(), 0), redis_connect_func=watch_then_handshake, **timeouts)
-    except ValueError as error:  # a URL redis-py cannot use (unknown scheme, bad port, ...)
-        raise ProbeStopped(failed(f"invalid URL: {scrub(str(error), secrets)}")) from None
-    client = None
-    try:
-        # single_connection_client: every command below goes over this one connection
-        client = redis.Redis(connection_pool=pool, single_connection_client=True)
-        if client.connection is not None:
-            client.connection.connect()  # no-op where the constructor connected already
-        phase = "PING"
-        started = time.monotonic()
-        client.ping()
-        ping_seconds = time.monotonic() - started
-        write, write_error = None, None
-        if options.write_probe:
-            phase = "write probe"
-            write, write_error = _write_probe(client, probe_key, redis.exceptions)
-        phase = "INFO"
-        info = client.info()
-        phase = "queue lengths"
-        depths = {queue: _queue_depth(client, queue, redis.exceptions.ResponseError) for queue in options.queues}
-    except (redis.exceptions.RedisError, OSError) as error:  # OSError: not every version wraps all of them
-        raise ProbeStopped(_failure(error, deadline, target, phase, secrets)) from None
-    except (ValueError, TypeError, AttributeError, LookupError) as error:
-        # Something that is not Redis answered in a shape redis-py's parsers trip over.
-        detail = scrub(one_line(f"{type(error).__name__}: {error}"), secrets)
-        raise ProbeStopped(failed(f"{phase}: unexpected answer from {target} ({detail})", target=target)) from None
+        return once(deadline)
     finally:
-        breaker.release()
-        if client is not None:
-            client.close()
-        pool.disconnect()
+        once.close()
+
+
+class Step:
+    """Which step of a probe runs, named in the reason when it fails ("timeout ... (INFO)")."""
+
+    def __init__(self, name: str = "connecting"):
+        self.name = name
+
+
+def observe(client: Any, options: RedisCheck, probe_key: str, step: Step) -> RedisObservation:
+    """Measure the server over `client`, a connected redis-py client, naming each step in `step`.
+    redis-py's exceptions pass through (RedisConnection.measure turns them into results)."""
+    import redis
+
+    step.name = "PING"
+    started = time.monotonic()
+    client.ping()
+    ping_seconds = time.monotonic() - started
+    write, write_error = None, None
+    if options.write_probe:
+        step.name = "write probe"
+        write, write_error = _write_probe(client, probe_key, redis.exceptions)
+    step.name = "INFO"
+    # redis-py's INFO parser turns every one of some 200 fields into a number or a dict, which costs
+    # more CPU than the rest of a probe; the six fields read below need none of that.
+    client.set_response_callback("INFO", info_fields)
+    info = client.info()
+    step.name = "queue lengths"
+    depths = {queue: _queue_depth(client, queue, redis.exceptions.ResponseError) for queue in options.queues}
     return RedisObservation(
         ping_seconds=ping_seconds, write=write, write_error=write_error,
         role=info.get("role"), master_link_status=info.get("master_link_status"),
@@ -227,6 +228,141 @@ def observe(options: RedisCheck, deadline: Deadline, probe_key: str) -> RedisObs
         master_link_down_since_seconds=info_seconds(info.get("master_link_down_since_seconds")),
         used_memory=_int_or_none(info.get("used_memory")), maxmemory=_int_or_none(info.get("maxmemory")),
         queue_depths=depths)
+
+
+def info_fields(response: Any, **_options: Any) -> dict[str, str]:
+    """INFO's answer as {field: value}, values as the text the server sent (section lines dropped)."""
+    text = response.decode("utf-8", "replace") if isinstance(response, bytes) else str(response)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+def client_name_for(check_name: str | None) -> str:
+    """The CLIENT SETNAME name of a check's connection: no spaces or control characters allowed."""
+    name = f"pretix-agent:check:{check_name}" if check_name else "pretix-agent"
+    return "".join(char if "!" <= char <= "~" else "_" for char in name)
+
+
+class RedisConnection:
+    """One redis-py connection (one attempt, no retries) whose every call is bounded by a deadline.
+
+    One probe is one attempt: redis-py before 5 has no socket timeouts unless given, and redis-py 6
+    and later retry three times by default, so both are passed explicitly; the socket's timeout is
+    set to the time left at the start of every probe, and the runner's abort shuts the socket down
+    at the deadline on top of that. Raises ProbeStopped for anything the server does wrong and
+    ConnectionLost (checks/keeper.py) when the connection broke under a command."""
+
+    def __init__(self, url: str, client_name: str):
+        import redis
+
+        self._redis = redis
+        self.url = url
+        self.client_name = client_name
+        self.target = describe_url(url)
+        self._secrets = url_secrets(url)
+        self._pool: Any = None
+        self._client: Any = None
+        self._live: Any = None  # redis-py's Connection, once its socket is connected
+        self._broken = False
+
+    # -- the keeper's protocol
+
+    def establish(self, deadline: Deadline, breaker: SocketBreaker) -> None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        def watch_then_handshake(connection: Any) -> None:
+            # Called by redis-py once the socket is connected, before AUTH/SELECT/HELLO: from here on
+            # an abort can break whatever waits for the server.
+            self._live = connection
+            breaker.watch(self.socket)
+            connection.on_connect()
+            self._set_name(connection)
+
+        timeout = deadline.remaining()
+        timeouts = {"socket_timeout": timeout}
+        if urlsplit(self.url).scheme != "unix":  # redis-py 4 has no connect timeout for Unix sockets
+            timeouts["socket_connect_timeout"] = timeout
+        try:
+            self._pool = self._redis.ConnectionPool.from_url(
+                self.url, retry=Retry(NoBackoff(), 0), redis_connect_func=watch_then_handshake, **timeouts)
+        except ValueError as error:  # a URL redis-py cannot use (unknown scheme, bad port, ...)
+            raise ProbeStopped(failed(f"invalid URL: {scrub(str(error), self._secrets)}")) from None
+        step = Step("connecting")
+
+        def connect() -> None:
+            # single_connection_client: every command goes over this one connection
+            self._client = self._redis.Redis(connection_pool=self._pool, single_connection_client=True)
+            if self._client.connection is not None:
+                self._client.connection.connect()  # no-op where the constructor connected already
+
+        self._call(deadline, step, connect)
+
+    def socket(self) -> Any:
+        return getattr(self._live, "_sock", None)
+
+    def stale(self) -> bool:
+        return not self.sound() or readable_now(self.socket())
+
+    def sound(self) -> bool:
+        return not self._broken and self._client is not None and self.socket() is not None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._pool is not None:
+            self._pool.disconnect()
+
+    # -- commands
+
+    def measure(self, deadline: Deadline, work: Callable[[Any, Step], T]) -> T:
+        """Return `work(client, step)`, every command bounded by the time left in `deadline`."""
+        timeout = deadline.remaining()
+        self._live.socket_timeout = timeout  # what redis-py restores after a read with its own timeout
+        sock = self.socket()
+        if sock is not None:
+            sock.settimeout(timeout)
+        step = Step("PING")
+        return self._call(deadline, step, lambda: work(self._client, step))
+
+    def _call(self, deadline: Deadline, step: Step, action: Callable[[], T]) -> T:
+        """Return `action()`; raise what it failed with as the probe's result."""
+        exceptions = self._redis.exceptions
+        try:
+            return action()
+        except (exceptions.RedisError, OSError) as error:  # OSError: not every version wraps all of them
+            if not isinstance(error, exceptions.ResponseError):
+                self._broken = True  # the exchange did not complete
+            result = _failure(error, deadline, self.target, step.name, self._secrets)
+            if step.name != "connecting" and _lost(error) and not (deadline.aborted or deadline.expired()):
+                raise ConnectionLost(result) from None
+            raise ProbeStopped(result) from None
+        except (ValueError, TypeError, AttributeError, LookupError) as error:
+            # Something that is not Redis answered in a shape redis-py's parsers trip over.
+            self._broken = True
+            detail = scrub(one_line(f"{type(error).__name__}: {error}"), self._secrets)
+            raise ProbeStopped(failed(f"{step.name}: unexpected answer from {self.target} ({detail})",
+                                      target=self.target)) from None
+
+    def _set_name(self, connection: Any) -> None:
+        """CLIENT SETNAME, so that operators see whose connection this is; an ACL that does not allow
+        it (+client|setname) leaves the connection unnamed, nothing more."""
+        connection.send_command("CLIENT", "SETNAME", self.client_name)
+        try:
+            connection.read_response()
+        except self._redis.exceptions.ResponseError:
+            pass
+
+
+def _lost(error: BaseException) -> bool:
+    """True if `error` says the connection broke (closed by the server, reset), not that it timed
+    out or that the server refused something over a connection that still works."""
+    import redis
+
+    exceptions = redis.exceptions
+    if isinstance(error, exceptions.AuthenticationError | exceptions.AuthorizationError | exceptions.BusyLoadingError):
+        return False
+    return isinstance(error, exceptions.ConnectionError | ConnectionResetError | BrokenPipeError
+                      | ConnectionAbortedError)
 
 
 def _write_probe(client: Any, key: str, exceptions: Any) -> tuple[str, str | None]:

@@ -3,8 +3,9 @@
 One connection is kept open between rounds (a new one every round would cost an authentication
 every second and show up in the primary's log); it is dropped after any failure and opened again
 at the next round. Every query, and connecting, has its own deadline of `timeout`: the connection is
-driven by the postgres check's non-blocking `Session`, so a hung or black-holed primary costs one
-timeout per round, never a stall. psycopg is imported only when a connection is opened.
+the postgres check's non-blocking `PgConnection`, its socket shut when a deadline aborts, so a hung
+or black-holed primary costs one timeout per round, never a stall. psycopg is imported only when a
+connection is opened.
 
 The role needs `pg_read_all_stats` (to see other roles' session states) and `pg_signal_backend`
 (to terminate them); pg_locks and pg_blocking_pids() are open to every role.
@@ -16,7 +17,8 @@ import threading
 from collections.abc import Callable
 
 from ..checks.model import UNKNOWN, Deadline, ProbeStopped, failed
-from ..checks.postgres import Session
+from ..checks.postgres import PgConnection, connection_factory
+from ..checks.sockets import SocketBreaker
 from .model import AdvisoryLock, Backend, Fence, LockKey, Outcome, Snapshot
 
 # One statement, so the locks and the sessions are read as close together as the server allows.
@@ -52,11 +54,11 @@ class Primary:
     """The connection to the primary, kept between rounds; used from the worker thread only,
     except `abort()`, which any thread may call to end a blocked query at once."""
 
-    def __init__(self, dsn: str, timeout: float, session: Callable[[str, Deadline], Session] = Session):
+    def __init__(self, dsn: str, timeout: float, connect: Callable[[], PgConnection] | None = None):
         self.dsn = dsn
         self.timeout = timeout
-        self._open = session
-        self._session: Session | None = None
+        self._connect = connect
+        self._session: PgConnection | None = None
         self._own_pid = 0
         self._lock = threading.Lock()
         self._deadline: Deadline | None = None
@@ -85,7 +87,7 @@ class Primary:
             reused = self._session is not None
             deadline = self._new_deadline()
             try:
-                rows = self._connected(deadline).rows(SNAPSHOT_SQL)
+                rows = self._query(SNAPSHOT_SQL, deadline)
             except ProbeStopped as stop:
                 self.close()
                 # A kept connection the server closed meanwhile (a restart, idle_session_timeout)
@@ -102,12 +104,11 @@ class Primary:
         if fence.backend.state_change is None:
             return Outcome("refused", "the session's state_change is unknown")
         try:
-            session = self._connected(self._new_deadline())
-            rows = session.rows(TERMINATE_SQL, (str(fence.pid), fence.backend.state_change))
+            rows = self._query(TERMINATE_SQL, self._new_deadline(), (str(fence.pid), fence.backend.state_change))
         except ProbeStopped as stop:
             if stop.result.outcome == UNKNOWN:
                 # The server answered with an error (a superuser's session, a missing privilege): the
-                # connection is fine. Session words it as a measurement; say it as the server did.
+                # connection is fine. PgConnection words it as a measurement; say it as the server did.
                 return Outcome("refused", stop.result.reason.removeprefix("cannot measure: "))
             self.close()
             return Outcome("failed", stop.result.reason)
@@ -126,24 +127,39 @@ class Primary:
             deadline.abort()
         return deadline
 
-    def _connected(self, deadline: Deadline) -> Session:
+    def _query(self, sql: str, deadline: Deadline, params: tuple[str, ...] = ()) -> list[tuple[str | None, ...]]:
+        """Run one query on the kept connection (opened first if there is none) within a deadline."""
+        connection, deadline = self._connected(deadline)
+        breaker = SocketBreaker(deadline)  # a deadline that aborts shuts the socket: nothing blocks on
+        breaker.watch(connection.socket)
+        try:
+            return connection.rows(sql, deadline, params)
+        finally:
+            breaker.release()
+
+    def _connected(self, deadline: Deadline) -> tuple[PgConnection, Deadline]:
+        """The kept connection and the deadline its next query has (a whole new one after connecting)."""
         if deadline.aborted:
             raise ProbeStopped(failed("stopping"))
+        if self._session is not None and self._session.stale():
+            self.close()  # the server closed it while it was idle (a restart): open a new one
         if self._session is None:
             try:
-                session = self._open(self.dsn, deadline)
+                connection = (self._connect or connection_factory(self.dsn, "pretix-agent lock fencing"))()
             except ImportError:
                 raise ProbeStopped(failed("lock fencing needs psycopg 3: apt install python3-psycopg")) from None
+            breaker = SocketBreaker(deadline)
             try:
-                (own_pid,) = session.row("SELECT pg_backend_pid()")
+                connection.establish(deadline, breaker)
+                (own_pid,) = connection.row("SELECT pg_backend_pid()", deadline)
             except BaseException:
-                session.close()
+                connection.close()
                 raise
-            self._session, self._own_pid = session, int(own_pid or 0)
-            # Connecting used up part of this deadline; the query gets a whole one of its own.
+            finally:
+                breaker.release()
+            self._session, self._own_pid = connection, int(own_pid or 0)
             deadline = self._new_deadline()
-        self._session.rearm(deadline)
-        return self._session
+        return self._session, deadline
 
 
 def parse_snapshot(own_pid: int, rows: list[tuple[str | None, ...]]) -> Snapshot:

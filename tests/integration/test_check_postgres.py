@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -218,32 +217,22 @@ def test_abort_frees_a_probe_waiting_on_a_stopped_server_long_before_its_timeout
 
 
 def test_abort_frees_a_query_sent_to_a_server_stopped_after_the_connection_was_made(healthy):
-    deadline = Deadline(30.0)
-    session = postgres.Session(healthy.dsn(server="replica"), deadline)
-    outcome: list[BaseException] = []
-    healthy.replica.sigstop()
+    kept = postgres.PostgresProbe(check(healthy.dsn(server="replica")), check_name="abort")
     try:
-        def query() -> None:
-            try:
-                session.rows("SELECT 1")
-            except postgres.ProbeStopped as stop:
-                outcome.append(stop)
-
-        thread = threading.Thread(target=query, daemon=True)
-        started = time.monotonic()
-        thread.start()
-        thread.join(0.5)
-        assert thread.is_alive()  # really blocked on the stopped server
-        deadline.abort()
-        thread.join(MARGIN)
-        freed_after = time.monotonic() - started - 0.5
+        assert kept(Deadline(TIMEOUT)).outcome == "pass"  # the connection is made and kept
+        healthy.replica.sigstop()
+        try:
+            run = run_like_the_runner(kept, timeout=30.0, abort_after=0.5)
+        finally:
+            healthy.replica.sigcont()
+        print(f"aborted query: returned {run.seconds - 0.5:.3f} s after the abort")
+        assert run.aborted and run.ended
+        assert run.seconds < 0.5 + MARGIN
+        assert run.result is not None and run.result.reason.startswith("timeout:")
+        assert "(query)" in run.result.reason
+        assert not kept.server.has_idle()  # the half-read connection was dropped, not kept
     finally:
-        healthy.replica.sigcont()
-        session.close()
-    print(f"aborted query: returned {freed_after:.3f} s after the abort")
-    assert not thread.is_alive()
-    (stop,) = outcome
-    assert stop.result.reason.startswith("timeout:") and "(query)" in stop.result.reason
+        kept.close()
 
 
 # ---------------------------------------------------------------------------------------------

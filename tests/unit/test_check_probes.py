@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import subprocess
 import sys
 
@@ -17,21 +16,27 @@ def spec(text: str) -> config.CheckSpec:
     return check
 
 
-def test_each_type_gets_its_probe_with_its_options():
+def test_each_type_gets_its_probe_with_its_options_keeping_its_connection():
     pg = spec('[checks.db]\ntype = "postgres"\ndsn = "host=db2 user=pretix_agent"\nrole = "standby"\n')
     probe = probes.make_probe(pg)
-    assert isinstance(probe, functools.partial)
-    assert probe.func is postgres.probe and probe.args == (pg.options,)
+    assert isinstance(probe, postgres.PostgresProbe)
+    assert probe.options is pg.options and probe.server.keep
     web = spec('[checks.web]\ntype = "http"\nurl = "http://127.0.0.1:8345/healthcheck/"\n')
-    assert probes.make_probe(web).func is http.probe
+    web_probe = probes.make_probe(web)
+    assert isinstance(web_probe, http.HttpProbe) and web_probe.options is web.options
+    assert web_probe.keeper is not None and web_probe.keeper.keep
+    for made in (probe, web_probe):
+        made.close()  # nothing was opened: closing is harmless
 
 
-def test_redis_probe_writes_a_key_of_its_own_per_node_and_check():
+def test_redis_probe_writes_a_key_of_its_own_per_node_and_check_and_names_its_connection():
     cache = spec('[checks.cache]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\n')
     probe = probes.make_probe(cache)
-    assert probe.func is redis.probe
-    assert probe.keywords["probe_key"] == probes.redis_probe_key("cache")
+    assert isinstance(probe, redis.RedisProbe) and probe.keeper.keep
+    assert probe.probe_key == probes.redis_probe_key("cache")
     assert probes.redis_probe_key("cache", node="app1") == "pretix-agent:probe:app1:cache"
+    assert redis.client_name_for("cache") == "pretix-agent:check:cache"
+    assert redis.client_name_for("my cache\n") == "pretix-agent:check:my_cache_"  # no spaces in a Redis name
 
 
 def test_an_unknown_type_is_refused():

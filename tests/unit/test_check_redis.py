@@ -204,3 +204,13 @@ def test_a_password_in_an_error_message_is_replaced():
     result = redis_check._failure(redis.exceptions.AuthenticationError("bad password hunter2"), Deadline(1.0),
                                   "h:6379/0", "connecting", ["hunter2"])
     assert result.reason == "authentication failed: bad password ***"
+
+
+def test_info_fields_keeps_the_servers_text_for_every_field_and_drops_section_lines():
+    answer = (b"# Replication\r\nrole:slave\r\nmaster_link_status:down\r\nmaster_last_io_seconds_ago:-1\r\n\r\n"
+              b"# Memory\r\nused_memory:1004608\r\nmaxmemory:0\r\nused_memory_human:981.06K\r\n")
+    fields = redis_check.info_fields(answer)
+    assert fields == {"role": "slave", "master_link_status": "down", "master_last_io_seconds_ago": "-1",
+                      "used_memory": "1004608", "maxmemory": "0", "used_memory_human": "981.06K"}
+    assert redis_check.info_seconds(fields["master_last_io_seconds_ago"]) is None
+    assert redis_check.info_fields("role:master\n") == {"role": "master"}  # decoded answers too

@@ -50,7 +50,7 @@ def test_a_probe_that_ignores_its_abort_is_never_run_twice_at_once():
     second = runner.probe_once()
     assert "still hung" in second.reason and len(calls) == 1
     stuck.set()
-    wait_until(lambda: not runner._probe_thread.is_alive(), 5, message="the probe thread to end")
+    wait_until(lambda: not runner.probe_busy(), 5, message="the hung probe to return")
     assert runner.probe_once().outcome == "pass" and len(calls) == 2
 
 
@@ -73,3 +73,51 @@ def test_the_scheduler_delivers_every_interval_and_beats_and_stops():
     assert {name for _, name in delivered} == {"web"} and len(beats) >= 4
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(delivered)]
     assert all(gap >= 0.04 for gap in gaps), gaps
+
+
+class ClosingProbe:
+    """A probe that keeps a (pretend) connection: it counts its calls and its closes."""
+
+    def __init__(self, hold: threading.Event | None = None):
+        self.calls = 0
+        self.closed = 0
+        self.hold = hold
+        self.running = threading.Event()
+
+    def __call__(self, deadline: Deadline):
+        self.calls += 1
+        self.running.set()
+        if self.hold is not None:
+            self.hold.wait(30)
+        return passed("ok")
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_stopping_the_runner_closes_its_probe_once():
+    probe = ClosingProbe()
+    delivered = []
+    runner = CheckRunner(spec(interval=0.05, timeout=0.02), probe, lambda name, result: delivered.append(result))
+    runner.start()
+    wait_until(lambda: len(delivered) >= 2, 5, message="two results")
+    runner.stop()
+    runner.stop()
+    assert probe.closed == 1 and not runner.alive()
+
+
+def test_a_runner_stopped_before_it_started_still_closes_its_probe():
+    probe = ClosingProbe()
+    CheckRunner(spec(), probe, lambda n, r: None).stop()
+    assert probe.closed == 1 and probe.calls == 0
+
+
+def test_a_probe_still_hung_at_stop_is_closed_without_waiting_for_it():
+    hold = threading.Event()
+    probe = ClosingProbe(hold)
+    runner = CheckRunner(spec(interval=0.05, timeout=0.02), probe, lambda n, r: None)
+    runner.start()
+    wait_until(probe.running.is_set, 5, message="the probe to run")
+    runner.stop()  # the probe ignores its abort; the probe object closes its connection when it returns
+    assert probe.closed == 1 and not runner.alive()
+    hold.set()

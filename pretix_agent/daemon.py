@@ -1,18 +1,12 @@
 """The process: the composition root and the loop; signals, systemd notification, the watchdog gate.
 
-Every capability is a controller of one shape (controller.py); this module only builds them, runs
-them in order each cycle, and owns what belongs to the process. Signal handlers only post to the
-wake-up queue. The loop sleeps until the earliest of: a posted trigger (a file event, a check
-result, a signal), a controller's file descriptor (the window-edge timer), a controller's due time,
-the backstop `reconcile_interval`, or the next systemd watchdog ping; it never sleeps a fixed tick.
-Each cycle yields one sentence, logged and sent as STATUS= whenever it changes.
-
-A reload is a transaction: every controller prepares the new configuration beside the running
-one, then all commit, or all discard and nothing observable changes. A controller that raises in
-a cycle is reported (status, one event per episode) and the others go on. systemd's watchdog is
-withheld when an essential controller (maintenance) fails or any controller's worker thread died
-or went silent: restarting the daemon fixes those; it would not fix a bug in, say, Loki shipping,
-and would interrupt maintenance mode for nothing.
+Every capability is a controller of one shape (controller.py); this module builds them, runs them
+in order each cycle, and owns what belongs to the process. Signal handlers only post to the wake-up
+queue. The loop sleeps until the earliest of: a posted trigger (a file event, a check result, a
+signal), a controller's file descriptor or due time, the backstop `reconcile_interval`, or the next
+watchdog ping; never a fixed tick. Each cycle yields one sentence, logged and sent as STATUS= when it
+changes. A reload is a transaction (controller.switch). A controller that raises is reported once
+and isolated; the watchdog is withheld only for what a restart fixes (Controller.essential).
 """
 
 from __future__ import annotations
@@ -43,6 +37,8 @@ from .wakeup import Wakeup
 TEST_HOOKS_ENV = "PRETIX_AGENT_TEST_HOOKS"
 TEST_STALL_ENV = "PRETIX_AGENT_TEST_STALL_SECONDS"
 TEST_CLOCK_OFFSET_ENV = "PRETIX_AGENT_TEST_CLOCK_OFFSET"
+QUIET_TRIGGERS = ("check:", "haproxy", "lock_fencing")  # frequent, and mostly change nothing that matters
+PUBLISH_EVERY = 1.0
 
 
 class Daemon:
@@ -55,13 +51,13 @@ class Daemon:
         self.clock_offset = float(os.environ.get(TEST_CLOCK_OFFSET_ENV, "0")) if self.test_hooks else 0.0
         self.bus = SharedConnection(self.emit)
         self.controllers = build_controllers(Services(self.wakeup.post, self.emit), self.bus, self.clock_offset)
-        self.health: dict[str, status.ControllerHealth] = {}
+        self.health: dict[str, status.ControllerHealth] = {}  # the controllers failing now
         self.stopping, self.started_at, self.sentence, self.cycles = False, time.time(), "", 0
         self.publish_error: str | None = None
+        self.published_at, self.publish_pending = 0.0, False  # monotonic; a quiet cycle's status waits
         self._commit_failed = lambda controller, error: self._failed(controller, error, "commit")
 
-    def emit(self, event: Event) -> None:
-        """Log an event (from any thread)."""
+    def emit(self, event: Event) -> None:  # from any thread
         getattr(self.log, event.level)(event.name, **event.fields)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -95,6 +91,7 @@ class Daemon:
         while not self.stopping:
             backstop = last_cycle + self.config.agent.reconcile_interval
             dues = [due for due in (c.due() for c in self.controllers) if due is not None]
+            dues += [self.published_at + PUBLISH_EVERY] if self.publish_pending else []
             wake_at = min([backstop, *dues] + ([last_ping + ping_every] if ping_every else []))
             readers = {fd: read for c in self.controllers for fd, read in c.fds().items()}
             reasons, ready = self.wakeup.wait(wake_at - time.monotonic(), tuple(readers))
@@ -179,21 +176,26 @@ class Daemon:
             except Exception as error:
                 clause = self._failed(controller, error, "cycle")
             else:
-                if not self.health.get(controller.name, status.ControllerHealth()).ok:
+                if self.health.pop(controller.name, None) is not None:
                     self.log.info("controller.recovered", controller=controller.name)
-                self.health[controller.name] = status.ControllerHealth()
             if clause:
                 clauses.append(clause)
         sentence = "; ".join(clauses)
+        # Probe results and worker reports come every second or faster; unless they change the
+        # decision, the status file (what ctl reads) is rewritten at most every PUBLISH_EVERY.
+        quiet = sentence == self.sentence and all(t.startswith(QUIET_TRIGGERS) for t in trigger)
         if sentence != self.sentence:
             self.log.info("loop.decided", sentence=sentence, trigger=",".join(trigger))
             self.sentence = sentence
             self._notify(STATUS=sentence)
-        self._publish("running")
+        if quiet and time.monotonic() - self.published_at < PUBLISH_EVERY:
+            self.publish_pending = True
+        else:
+            self._publish("running")
 
     def _failed(self, controller: Controller[Any, Any], error: Exception, where: str) -> str:
         text = f"{type(error).__name__}: {error}"
-        if self.health.get(controller.name, status.ControllerHealth()).ok:  # once per episode
+        if controller.name not in self.health:  # once per episode
             self.log.error("controller.failed", controller=controller.name, where=where, error=text,
                            essential=controller.essential, traceback="".join(traceback.format_exception(error)))
             self.health[controller.name] = status.ControllerHealth(False, text, datetime.now(timezone.utc).isoformat(
@@ -220,6 +222,7 @@ class Daemon:
             healthy=not self._withhold_reasons(), degraded=degraded, controllers=dict(self.health), **sections)
 
     def _publish(self, state: str) -> None:
+        self.published_at, self.publish_pending = time.monotonic(), False
         try:
             publish(self.config.agent.status_file, self.document(state))
             self.publish_error = None
@@ -234,10 +237,8 @@ class Daemon:
 
     def _withhold_reasons(self) -> list[str]:
         """Why systemd's watchdog must not be told all is well: stuck workers, a failed essential controller."""
-        now = time.monotonic()
-        stuck = [name for controller in self.controllers for name in controller.unhealthy(now)]
-        return stuck + [f"{c.name} controller" for c in self.controllers
-                        if c.essential and not self.health.get(c.name, status.ControllerHealth()).ok]
+        stuck = [name for controller in self.controllers for name in controller.unhealthy(time.monotonic())]
+        return stuck + [f"{c.name} controller" for c in self.controllers if c.essential and c.name in self.health]
 
     def _ping(self) -> bool:
         """Send WATCHDOG=1 only if nothing calls for a restart."""

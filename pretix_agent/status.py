@@ -221,7 +221,7 @@ class Document:
     maintenance: Maintenance | None = None  # None only if its controller failed to report
     drain: Drain | None = None
     degraded: list[str] = field(default_factory=list)  # what works worse than configured, and why
-    controllers: dict[str, ControllerHealth] = field(default_factory=dict)
+    controllers: dict[str, ControllerHealth] = field(default_factory=dict)  # the failing ones
     checks: dict[str, Check] = field(default_factory=dict)
     haproxy: Haproxy | None = None
     agent_check: AgentCheck | None = None

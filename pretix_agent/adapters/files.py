@@ -44,7 +44,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
+def _write_temporary(path: Path, data: bytes, mode: int, durable: bool = True) -> Path:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -53,7 +53,8 @@ def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(temporary)
@@ -69,17 +70,21 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Replace `path` with `data` atomically. Raise FileWriteError (one line) on any failure."""
+def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE, durable: bool = True) -> None:
+    """Replace `path` with `data` atomically. Raise FileWriteError (one line) on any failure.
+
+    `durable=False` skips the fsyncs, for files that need only be whole, not survive a crash: the
+    status file lives in /run (a tmpfs, gone at boot anyway) and is rewritten every cycle."""
     _refuse_symlink(path)
     try:
-        temporary = _write_temporary(path, data, mode)
+        temporary = _write_temporary(path, data, mode, durable)
         try:
             os.rename(temporary, path)
         except BaseException:
             _unlink_quietly(temporary)
             raise
-        _fsync_directory(path.parent)
+        if durable:
+            _fsync_directory(path.parent)
     except OSError as error:
         raise FileWriteError(f"cannot write {path}: {_describe(error)}") from None
 

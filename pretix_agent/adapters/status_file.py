@@ -16,8 +16,8 @@ READ_LIMIT = 4 * 1024 * 1024
 
 def publish(path: Path, document: Document) -> None:
     """Write the status atomically (readable by everyone: it holds no secrets)."""
-    data = (json.dumps(shapes.encode(document), indent=1, default=str) + "\n").encode("utf-8")
-    files.write_atomic(path, data, mode=0o644)
+    data = (json.dumps(shapes.encode(document), separators=(",", ":"), default=str) + "\n").encode("utf-8")
+    files.write_atomic(path, data, mode=0o644, durable=False)
 
 
 def read(path: Path) -> dict[str, Any]:

@@ -8,12 +8,13 @@ on the latest check states, the sentence says it is acting on them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import status
-from ..check_results import CheckState
+from ..check_results import FAILING, CheckState
 from ..config import Config, HaproxySection
 from ..controller import Change, Controller, Facts, Services, Swap, Worker
 from ..errors import ConfigError, ConfigProblem
@@ -41,10 +42,20 @@ class Handover:
     sentence: str
 
 
+def gating_view(state: CheckState) -> CheckState:
+    """The part of a check's state haproxy's decision reads. A passing probe's latency or the probe
+    count changes nothing there, and handing every probe over would cost a Runtime API round trip
+    each time."""
+    if state.state != FAILING:
+        return CheckState(state=state.state)
+    return dataclasses.replace(state, probes=0, since_probe=0, misses=0)
+
+
 def inputs_for(section: HaproxySection, checks: Mapping[str, CheckState], drain: str | None) -> Inputs:
     gating = {name for server in section.servers for name in server.checks}
     local = any(server.local for server in section.servers)
-    return Inputs({name: state for name, state in checks.items() if name in gating}, drain if local else None)
+    return Inputs({name: gating_view(state) for name, state in checks.items() if name in gating},
+                  drain if local else None)
 
 
 def hand_over(seen: Observed) -> Handover:

@@ -175,7 +175,9 @@ def test_ctl_status_shows_haproxy_servers_desired_against_actual(agent_factory, 
     agent = agent_factory(agent_config(hx))
     agent.wait_status(lambda d: all(c["state"] == "passing" for c in d["checks"].values()))
     hx.backends["app1"].kill()
-    agent.wait_status(lambda d: "pretix/app1" in d["haproxy"].get("taken_out", []))
+    # Taken out, and seen so: the report after the change says haproxy has it in maint.
+    agent.wait_status(lambda d: any(s["server"] == "app1" and s["actual"] == "maint"
+                                    for s in d["haproxy"].get("servers", [])))
     shown = ctl(agent.config, "status")
     assert "haproxy pretix/app1: maint: web-app1: connection refused" in shown.stdout, shown.stdout
     assert "haproxy pretix/app2: ready: gating checks pass" in shown.stdout

@@ -9,7 +9,7 @@ import pytest
 
 from pretix_agent import config as config_module
 from pretix_agent.checks.health import CheckState
-from pretix_agent.checks.model import failed
+from pretix_agent.checks.model import failed, passed
 from pretix_agent.controller import Facts, Services
 from pretix_agent.haproxy import controller as haproxy_module
 from pretix_agent.haproxy.controller import HaproxyControl, Inputs, Observed, hand_over, inputs_for
@@ -116,3 +116,12 @@ def test_without_a_haproxy_section_the_controller_says_nothing(tmp_path):
     facts = Facts(now=NOW, monotonic=0.0)
     assert controller.reconcile(facts) == (facts, "")
     assert controller.status() is None
+
+
+def test_a_passing_probe_with_another_latency_is_not_handed_over_again(made):
+    controller, _config, _woken = made
+    worker = FakeWorker.made[0]
+    for latency in (3, 7, 12):
+        state = CheckState(state="passing", probes=latency, last=passed(f"HTTP 200 in {latency} ms"))
+        controller.reconcile(Facts(now=NOW, monotonic=0.0, checks={"web1": state}))
+    assert len(worker.updates) == 1

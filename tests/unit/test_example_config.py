@@ -44,7 +44,11 @@ EXAMPLES = {("agent", "node"): "pretix-app1", ("maintenance", "timezone"): ZoneI
             ("loki", "url"): "https://loki.example.org", ("loki", "username"): "123456",
             ("loki", "password_file"): Path("/run/credentials/pretix-agent.service/loki-password"),
             ("loki", "env"): "prod",
-            ("loki", "units"): ("pretix-web.service", "pretix-worker.service", "nginx.service")}
+            ("loki", "units"): ("pretix-web.service", "pretix-worker.service", "nginx.service"),
+            ("cluster", "dsn"): "host=10.0.0.10,10.0.0.11 dbname=pretix_agent user=pretix_agent "
+                                "target_session_attrs=read-write",
+            ("cluster", "passfile"): Path("/run/credentials/pretix-agent.service/cluster-pgpass"),
+            ("cluster", "roles"): ("app",)}
 
 # Keys shown as an alternative in prose rather than as a setting: they exclude one that is set.
 ALTERNATIVES = {("loki", "bearer_token_file")}

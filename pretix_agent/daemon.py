@@ -33,6 +33,7 @@ from .adapters.sdnotify import Notifier
 from .adapters.status_file import publish
 from .agent_check.controller import AgentCheckController
 from .checks.controller import ChecksController
+from .cluster.controller import ClusterController
 from .controller import Controller, Facts, Services, switch
 from .drain.controller import DrainController
 from .errors import AgentError, ConfigError, ConfigProblem, FileWriteError
@@ -50,8 +51,8 @@ TEST_STALL_ENV = "PRETIX_AGENT_TEST_STALL_SECONDS"
 TEST_CLOCK_OFFSET_ENV = "PRETIX_AGENT_TEST_CLOCK_OFFSET"
 
 
-CONTROLLER_TYPES = (ChecksController, DrainController, MaintenanceController, HaproxyControl, AgentCheckController,
-                    LogsController)
+CONTROLLER_TYPES = (ChecksController, DrainController, ClusterController, MaintenanceController, HaproxyControl,
+                    AgentCheckController, LogsController)
 
 
 def preflight(config: config_module.Config) -> list[ConfigProblem]:
@@ -62,10 +63,13 @@ def preflight(config: config_module.Config) -> list[ConfigProblem]:
 
 def build_controllers(services: Services, bus: SharedConnection, clock_offset: float) -> list[Controller[Any, Any]]:
     """Every capability, in the order a cycle runs them: each reads what the ones before found. The
-    last (logs) is also stopped last, after the final status, so the stop's own events are shipped."""
-    return [ChecksController(services, bus), DrainController(services, bus),
-            MaintenanceController(services, clock_offset), HaproxyControl(services), AgentCheckController(services),
-            LogsController(services)]
+    last (logs) is also stopped last, after the final status, so the stop's own events are shipped. The
+    cluster runs before maintenance, so a mirrored cluster lock is acted on in the same cycle; it
+    publishes the maintenance and haproxy sections of the last cycle as this node's row."""
+    maintenance, haproxy = MaintenanceController(services, clock_offset), HaproxyControl(services)
+    cluster = ClusterController(services, clock_offset, maintenance.status, haproxy.status)
+    return [ChecksController(services, bus), DrainController(services, bus), cluster, maintenance, haproxy,
+            AgentCheckController(services), LogsController(services)]
 
 
 class Daemon:

@@ -68,6 +68,16 @@ def real_worker(settings: ClusterSection, report: Callable[[Report], None], beat
     return ClusterWorker(settings, ClusterStore(settings, wall), report, beat, wall=wall)
 
 
+def longest_pass(settings: ClusterSection) -> float:
+    """How long the worker may go without a beat before it counts as stuck: a heartbeat's wait, a
+    connection walking every host, a request and the read after it, each call at most `timeout`;
+    and a margin, since a daemon restarted for a slow database would interrupt maintenance mode."""
+    from .store import CALLS_PER_HOST, host_dsns
+
+    hosts = len(host_dsns(settings.dsn, settings.passfile))
+    return settings.heartbeat_interval + (hosts * CALLS_PER_HOST + 3) * settings.timeout + 5
+
+
 def load_memory(path: Path) -> Memory:
     state = files.read_small(path)
     if not state.present or state.content is None:
@@ -113,6 +123,7 @@ class ClusterController(Controller[Observation, Plan]):
         self.connection: str | None = None
         self.plan: Plan | None = None
         self.failures: dict[str, str] = {}  # what failed to be written, said once per episode
+        self.unsaved: Memory | None = None  # the mirror's memory, to be written to its file
         self.started_at = time.time() + clock_offset
 
     def wall(self) -> float:
@@ -157,13 +168,15 @@ class ClusterController(Controller[Observation, Plan]):
             watcher.start()
         except OSError as error:
             raise AgentError(f"cannot watch {config.agent.state_dir}: {error.strerror or error}") from None
-        beat = Worker("cluster", lambda: True, new.heartbeat_interval + 4 * new.timeout + 5)
+        beat = Worker("cluster", lambda: True, longest_pass(new))
         worker = self.worker_factory(new, self._reported, beat.beat, self.wall)
         beat.alive = worker.alive
         return Swap(lambda: self._switch(config, (watcher, worker), beat), watcher.stop)
 
     def _switch(self, config: Config, opened: tuple[FileWatcher, ClusterWorkerLike] | None,
                 beat: Worker | None) -> None:
+        if self.unsaved is not None and self.config is not None:
+            self._save_memory(self.config, self.unsaved)
         self._stop_all()
         self._adopt(config)
         self.settings = config.cluster
@@ -213,15 +226,20 @@ class ClusterController(Controller[Observation, Plan]):
     def act(self, decision: Plan, facts: Facts) -> Facts:
         config = self.config
         assert config is not None
+        if self.unsaved is not None:
+            self._save_memory(config, self.unsaved)
         memory = self._mirror(config, decision)
         if memory != self.memory:
-            self._save_memory(config, memory)
-        if decision.remove_request:
-            self._attempt("request", lambda: files.remove(request_path(config)))
+            # Written at the start of the next cycle (which the lock file's change brings at once),
+            # not now: this cycle's marker is what the shop waits for, and the memory only matters
+            # if the lock file changes while the daemon is down.
+            self.memory = self.unsaved = memory
         if decision.hand is not None and self.worker is not None:
             self.handled.append(decision.hand.id)
             self.pending.append(decision.hand)
-            self.worker.submit(decision.hand)
+            self.worker.submit(decision.hand)  # before the file is removed: its fsync can wait
+        if decision.remove_request:
+            self._attempt("request", lambda: files.remove(request_path(config)))
         if decision.refused is not None:
             self.handled.append(decision.refused.id)
             self.refused.append(decision.refused)
@@ -274,7 +292,7 @@ class ClusterController(Controller[Observation, Plan]):
         data = (json.dumps(document) + "\n").encode()
         # Kept in memory either way: a failed write only costs the memory across a restart.
         self._attempt("memory", lambda: _done(files.write_atomic, memory_path(config), data))
-        self.memory = memory
+        self.unsaved = None
 
     # -- reporting -------------------------------------------------------------------------------
 
@@ -302,6 +320,8 @@ class ClusterController(Controller[Observation, Plan]):
             self.workers.remove("cluster-request-watcher")
 
     def stop(self) -> None:
+        if self.unsaved is not None and self.config is not None:
+            self._save_memory(self.config, self.unsaved)
         self._stop_all()
 
 

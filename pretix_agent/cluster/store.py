@@ -109,6 +109,9 @@ def host_dsns(dsn: str, passfile: Path | None) -> list[tuple[str, str]]:
     return out
 
 
+CALLS_PER_HOST = 4  # connecting, the session's settings (and LISTEN), the clock, the schema
+
+
 class ClusterStore:
     """The agent's view of the cluster's database. Every method may raise StoreError only."""
 
@@ -120,6 +123,7 @@ class ClusterStore:
         self.schema_ok = False
         self.clock_offset: float | None = None
         self._deadline: Deadline | None = None
+        self._aborted = False
 
     @property
     def connected(self) -> bool:
@@ -127,11 +131,14 @@ class ClusterStore:
 
     def connect(self) -> None:
         """Connect to the first host that takes us (a primary, with read-write), LISTEN, measure
-        the clock and look for the schema. Raise StoreError naming every host's failure."""
+        the clock and look for the schema. Raise StoreError naming every host's failure. Takes at
+        most CALLS_PER_HOST timeouts per host."""
         self.close()
         failures = []
         timeout = self.settings.timeout
         for target, dsn in host_dsns(self.settings.dsn, self.settings.passfile):
+            if self._aborted:
+                raise StoreError("stopping")
             deadline = CallDeadline(timeout)
             self._deadline = deadline
             try:
@@ -255,7 +262,8 @@ class ClusterStore:
             return None
 
     def abort(self) -> None:
-        """From another thread: break the call in progress (its socket is shut down)."""
+        """From another thread: break the call in progress (its socket is shut down), try no other host."""
+        self._aborted = True
         if self._deadline is not None:
             self._deadline.abort()
 

@@ -113,6 +113,7 @@ def test_the_cluster_lock_is_written_into_the_lock_file_as_the_clusters(controll
                                                                             "app2")
     assert sentence.startswith("cluster: locked by alice at ")
     assert "cluster.lock_mirrored" in names(controller)
+    cycle(controller)  # the one the lock file's change brings: it writes the mirror's memory
     assert json.loads((conf.agent.state_dir / "cluster.json").read_text()) == {"mirrored": "L1", "dismissed": None}
 
 

@@ -171,7 +171,12 @@ class ClusterController(Controller[Observation, Plan]):
         beat = Worker("cluster", lambda: True, longest_pass(new))
         worker = self.worker_factory(new, self._reported, beat.beat, self.wall)
         beat.alive = worker.alive
-        return Swap(lambda: self._switch(config, (watcher, worker), beat), watcher.stop)
+
+        def discard() -> None:
+            watcher.stop()
+            worker.stop()  # never started: this only closes what it opened
+
+        return Swap(lambda: self._switch(config, (watcher, worker), beat), discard)
 
     def _switch(self, config: Config, opened: tuple[FileWatcher, ClusterWorkerLike] | None,
                 beat: Worker | None) -> None:

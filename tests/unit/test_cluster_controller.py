@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -29,13 +30,14 @@ class FakeWorker:
         self.published: list = []
         self.submitted: list[Request] = []
         self.running = False
+        self.stopped = False
         FakeWorker.instances.append(self)
 
     def start(self) -> None:
         self.running = True
 
     def stop(self) -> None:
-        self.running = False
+        self.running, self.stopped = False, True
 
     def alive(self) -> bool:
         return self.running
@@ -235,3 +237,13 @@ def test_a_passfile_others_may_read_is_refused(conf, tmp_path):
             config.load(tmp_path / "agent.toml"))
     passfile.chmod(0o600)
     assert ClusterController.check(config.load(tmp_path / "agent.toml")) == []
+
+
+def test_a_discarded_configuration_leaves_the_running_worker_alone_and_closes_the_new_one(controller, conf):
+    (running,) = FakeWorker.instances
+    path = Path(conf.source)
+    path.write_text(path.read_text() + 'heartbeat_interval = "5s"\n')
+    change = controller.prepare(config.load(path))
+    (_, new) = FakeWorker.instances
+    change.discard()
+    assert new.stopped and not running.stopped and running.running and controller.worker is running

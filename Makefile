@@ -12,7 +12,7 @@ PYPI_PACKAGES := watchdog structlog psycopg redis pytest hypothesis ruff mypy
 # Debian packages: runtime, test components, packaging and the systemd container tier.
 DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3-pydbus python3-gi \
 	python3-pytest python3-hypothesis python3-venv python3-dbusmock dbus \
-	nginx-light postgresql-15 redis-server haproxy curl \
+	nginx-light postgresql-15 redis-server haproxy curl iproute2 \
 	debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian \
 	debootstrap systemd-container dpkg-dev git tzdata systemd-journal-remote
 

@@ -8,6 +8,7 @@ from typing import Any
 from .adapters.dbus import SharedConnection
 from .agent_check.controller import AgentCheckController
 from .checks.controller import ChecksController
+from .cluster.controller import ClusterController
 from .config import Config
 from .controller import Controller, Services
 from .drain.controller import DrainController
@@ -17,8 +18,8 @@ from .haproxy.controller import HaproxyControl
 from .loki.controller import LogsController
 from .maintenance.controller import MaintenanceController
 
-CONTROLLER_TYPES = (ChecksController, DrainController, MaintenanceController, HaproxyControl, AgentCheckController,
-                    FencingController, LogsController)
+CONTROLLER_TYPES = (ChecksController, DrainController, ClusterController, MaintenanceController, HaproxyControl,
+                    AgentCheckController, FencingController, LogsController)
 
 
 def preflight(config: Config) -> list[ConfigProblem]:
@@ -29,7 +30,10 @@ def preflight(config: Config) -> list[ConfigProblem]:
 
 def build_controllers(services: Services, bus: SharedConnection, clock_offset: float) -> list[Controller[Any, Any]]:
     """Every capability, in the order a cycle runs them: each reads what the ones before found. The
-    last (logs) is also stopped last, after the final status, so the stop's own events are shipped."""
-    return [ChecksController(services, bus), DrainController(services, bus),
-            MaintenanceController(services, clock_offset), HaproxyControl(services), AgentCheckController(services),
-            FencingController(services), LogsController(services)]
+    last (logs) is also stopped last, after the final status, so the stop's own events are shipped. The
+    cluster runs before maintenance, so a mirrored cluster lock is acted on in the same cycle; it
+    publishes the maintenance and haproxy sections of the last cycle as this node's row."""
+    maintenance, haproxy = MaintenanceController(services, clock_offset), HaproxyControl(services)
+    cluster = ClusterController(services, clock_offset, maintenance.status, haproxy.status)
+    return [ChecksController(services, bus), DrainController(services, bus), cluster, maintenance, haproxy,
+            AgentCheckController(services), FencingController(services), LogsController(services)]

@@ -331,6 +331,51 @@ def _optional_dsn(value: Any) -> str:
 
 
 _optional_dsn.kind = "libpq DSN or URL"  # type: ignore[attr-defined]
+def _cluster_dsn(value: Any) -> str:
+    """A DSN for the cluster's shared state: no password in it (agent.toml is readable by the
+    operators' group, who must never need the database's credentials), and several hosts only
+    with target_session_attrs=read-write (else a replica may be chosen and every write fails)."""
+    text = _dsn(value)
+    if redact_text(text) != text:
+        raise ValueError("holds a password, and agent.toml is readable by the operators' group: put it in a "
+                         "passfile readable by the daemon alone ([cluster] passfile) and remove it here")
+    try:
+        from psycopg import Error as PsycopgError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise ValueError("needs psycopg 3: apt install python3-psycopg") from None
+    try:
+        params = conninfo_to_dict(text)
+    except PsycopgError as error:
+        # libpq quotes the word or value it choked on; keep the words, never the value
+        message = re.sub(r'(after|value) "[^"]*"', r'\1 "…"', str(error).strip().splitlines()[0])
+        raise ValueError(f"not a valid libpq DSN: {message}") from None
+    hosts = str(params.get("host") or params.get("hostaddr") or "").split(",")
+    if len(hosts) > 1 and params.get("target_session_attrs") != "read-write":
+        raise ValueError("lists several hosts: add target_session_attrs=read-write, so the agent connects "
+                         "to the primary and follows a failover")
+    return text
+
+
+_CLUSTER_ROLES = ("app", "load-balancer", "database")
+
+
+def _cluster_roles(value: Any) -> tuple[str, ...]:
+    roles = _string_list(value)
+    for role in roles:
+        if role not in _CLUSTER_ROLES:
+            raise ValueError(f'unknown role "{_excerpt(role)}", expected some of {", ".join(_CLUSTER_ROLES)}')
+    return tuple(dict.fromkeys(roles))
+
+
+_cluster_roles.kind = "array of " + ", ".join(f'"{r}"' for r in _CLUSTER_ROLES)  # type: ignore[attr-defined]
+
+
+def _cluster_name(value: Any) -> str:
+    text = _string(value)
+    if not _NAME_RE.fullmatch(text):
+        raise ValueError("a name may use only letters, digits, _ and - (1 to 64)")
+    return text
 
 
 _KIND_NAMES: dict[Callable[[Any], Any], str] = {
@@ -339,6 +384,7 @@ _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     _endpoint: "socket path or HOST:PORT", _listen: "HOST:PORT", _optional_path: "absolute path", _boolean: "boolean",
     _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL", _unit_list: "array of units",
     _networks: "array of networks (CIDR)",
+    _cluster_dsn: "libpq DSN or URL, no password", _cluster_name: "name",
 }
 
 
@@ -504,6 +550,29 @@ SCHEMA = Table("", {
                          "every database."),
         "users": Key(_string_list, (), 'Only sessions of these roles are terminated, e.g. ["pretix"]; empty: '
                      "every role."),
+    }),
+    "cluster": Table("The cluster as one, through PostgreSQL: a cluster-wide lock every node mirrors into its "
+                     "lock file, and every node's heartbeat.", {
+        "dsn": Key(_cluster_dsn, "", 'libpq DSN of the cluster\'s PostgreSQL as the agent\'s own role, every host '
+                   'listed, e.g. "host=db1,db2 dbname=pretix_agent user=pretix_agent '
+                   'target_session_attrs=read-write"; no password (see `passfile`); empty: not in a cluster.'),
+        "name": Key(_cluster_name, "pretix", "The cluster's name: nodes with the same name share one lock and one "
+                    "view, so several clusters may share one database."),
+        "passfile": Key(_optional_path, None, "libpq password file for the DSN's role, readable by the daemon alone "
+                        "(mode 0600, or a systemd credential); none: libpq's default (~/.pgpass of the daemon's "
+                        "user)."),
+        "heartbeat_interval": Key(parse_duration, 3.0, "How often this node publishes its row and reads the "
+                                  "others' and the lock (the backstop to LISTEN/NOTIFY); a node silent for "
+                                  "three of its heartbeats is flagged."),
+        "timeout": Key(parse_duration, 2.0, "Longest one database call may take, per host tried (less than "
+                       "`heartbeat_interval`)."),
+        "max_clock_skew": Key(parse_duration, 1.0, "A node whose wall clock is further off the database server's "
+                              "is flagged."),
+        "listen": Key(_boolean, True, "LISTEN/NOTIFY: every node learns of a lock within milliseconds; false: "
+                      "at its next heartbeat only (a pooler in transaction mode cannot deliver notifications)."),
+        "roles": Key(_cluster_roles, (), "This node's roles as shown to the others; empty: derived from this file "
+                     "(app: agent_check, an http check or pretix units; load-balancer: haproxy; database: a "
+                     "postgres check of a local server). Windows are compared among app nodes."),
     }),
     "checks": TableMap("Named health checks, `[checks.NAME]`, each with a `type`.", Table("", {
         "interval": Key(parse_duration, 2.0, "Time between the starts of two probes."),
@@ -685,6 +754,18 @@ class LokiSection:
 
 
 @dataclass(frozen=True)
+class ClusterSection:
+    dsn: str
+    name: str
+    passfile: Path | None
+    heartbeat_interval: float
+    timeout: float
+    max_clock_skew: float
+    listen: bool
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     agent: AgentSection
@@ -695,6 +776,7 @@ class Config:
     agent_check: AgentCheckSection | None = None
     loki: LokiSection | None = None
     lock_fencing: LockFencingSection | None = None
+    cluster: ClusterSection | None = None
     raw_sections: frozenset[str] = field(default_factory=frozenset)
     lines: Mapping[Path_, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -916,6 +998,12 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         problems.add(("loki", "password_file"), "is required with loki.username")
     loki = LokiSection(**raw_loki) if raw_loki["url"] else None
     lock_fencing = _lock_fencing(values["lock_fencing"], problems)
+    raw_cluster = values["cluster"]
+    if INVALID not in (raw_cluster["timeout"], raw_cluster["heartbeat_interval"]) and (
+            raw_cluster["timeout"] >= raw_cluster["heartbeat_interval"]):
+        problems.add(("cluster", "timeout"), f"is {raw_cluster['timeout']:g} s, must be less than heartbeat_interval "
+                     f"({raw_cluster['heartbeat_interval']:g} s): a call must end before the next heartbeat")
+    cluster = ClusterSection(**raw_cluster) if raw_cluster["dsn"] and INVALID not in raw_cluster.values() else None
     return Config(
         source=source,
         agent=AgentSection(node=agent["node"] or socket.gethostname(), status_file=agent["status_file"],
@@ -930,6 +1018,7 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         agent_check=agent_check,
         loki=loki,
         lock_fencing=lock_fencing,
+        cluster=cluster,
         raw_sections=sections,
     )
 

@@ -32,7 +32,7 @@ from .config import parse_duration
 from .display import printable
 from .drain.request import drain_path
 from .errors import ConfigError, FileWriteError, StatusUnavailable
-from .maintenance.decide import LockInfo, encode_lock, encode_marker, parse_lock
+from .maintenance.decide import CLUSTER_ORIGIN, LockInfo, encode_lock, encode_marker, parse_lock
 from .render import maintenance_line, ready_line, status_lines
 
 EXIT_OK = 0
@@ -100,8 +100,12 @@ def parser() -> argparse.ArgumentParser:
     lock = verbs.add_parser("lock", help="turn maintenance on until unlock (works with the daemon down)")
     lock.add_argument("--reason", type=_reason, help=f"why (one line, at most {MAX_REASON} characters), recorded "
                       "in the lock file and shown by status")
+    lock.add_argument("--cluster", action="store_true", help="set the cluster lock: every node of the cluster "
+                      "locks (through this node's daemon and the cluster's database)")
     lock.add_argument("--timeout", **timeout)  # type: ignore[arg-type]
     unlock = verbs.add_parser("unlock", help="remove the lock; a window keeps maintenance on until it ends")
+    unlock.add_argument("--cluster", action="store_true", help="end the cluster lock on every node (a node's own "
+                        "lock stays)")
     unlock.add_argument("--timeout", **timeout)  # type: ignore[arg-type]
     drain = verbs.add_parser("drain", help="take this node out of haproxy for planned work (agent-check answers "
                              "drain; local servers drained through the socket)")
@@ -111,7 +115,25 @@ def parser() -> argparse.ArgumentParser:
     ready.add_argument("--timeout", **timeout)  # type: ignore[arg-type]
     show = verbs.add_parser("status", help="maintenance, checks and the daemon's liveness")
     show.add_argument("--json", action="store_true", help="print exactly one JSON document")
+    show.add_argument("--cluster", action="store_true", help="every node of the cluster, the cluster lock, and "
+                      "what disagrees (exit 1 if a node disagrees, is silent or fails)")
+    cluster = verbs.add_parser("cluster", help="the cluster's database: init, forget")
+    actions = cluster.add_subparsers(dest="cluster_verb", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    init = actions.add_parser("init", help="create the agent's schema (idempotent), through the daemon")
+    init.add_argument("--print", action="store_true", dest="print_only", help="print the SQL (and the role set-up) "
+                      "for a DBA instead")
+    init.add_argument("--timeout", **timeout)  # type: ignore[arg-type]
+    forget = actions.add_parser("forget", help="remove a node taken out of the cluster from the view")
+    forget.add_argument("node", type=_node_name, help="the node's name, as status --cluster shows it")
+    forget.add_argument("--timeout", **timeout)  # type: ignore[arg-type]
     return p
+
+
+def _node_name(text: str) -> str:
+    if not text or len(text) > 255 or any(unicodedata.category(char) in ("Cc", "Cf") for char in text):
+        raise argparse.ArgumentTypeError("expected a node's name as status --cluster shows it")
+    return text
 
 
 def invoking_user() -> str:
@@ -148,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         if stream is not None and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")  # a file name in any encoding prints
     args = parser().parse_args(_join_values(list(sys.argv[1:] if argv is None else argv)))
+    if args.verb == "cluster" and args.cluster_verb == "init" and args.print_only:
+        from .cluster.schema import script  # for a DBA: needs no configuration
+
+        for line in script().rstrip("\n").split("\n"):  # our own text: its lines are lines
+            say(line)
+        return EXIT_OK
     try:
         config = config_module.load(args.config)
     except ConfigError as error:
@@ -155,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
             say(f"pretix-agentctl: {problem}", error=True)
         return EXIT_USAGE
     try:
+        if args.verb in ("lock", "unlock", "status", "cluster") and (args.verb == "cluster" or args.cluster):
+            from .cluster import command  # the cluster's verbs, through the daemon
+
+            if args.verb == "status":
+                return command.show(config, args.json)
+            if args.verb == "cluster" and args.cluster_verb == "init":
+                return command.init(config, args.print_only, args.timeout)
+            if args.verb == "cluster":
+                return command.request(config, "forget", args.timeout, node=args.node)
+            return command.request(config, args.verb, args.timeout, reason=getattr(args, "reason", None))
         if args.verb == "lock":
             return lock(config, args.reason, args.timeout)
         if args.verb == "unlock":
@@ -223,12 +261,20 @@ def lock(config: config_module.Config, reason: str | None, timeout: float) -> in
 def unlock(config: config_module.Config, timeout: float) -> int:
     section = config.maintenance
     started = time.time()
+    removed = _existing(section.lock)
     say(f"unlocked: removed {section.lock}" if files.remove(section.lock) else "not locked; nothing changed")
+    if removed is not None and removed.origin == CLUSTER_ORIGIN:
+        say("that was the cluster lock: this node leaves it until the cluster lock changes, the other nodes stay "
+            "locked (pretix-agentctl unlock --cluster ends it everywhere)")
 
     def applied(document: status.Document) -> bool:
         state = document.maintenance
+        lock = state.lock if state is not None else None
+        # While the cluster is locked, a node's own lock removed gives way to the cluster lock.
+        mirrored = bool(lock and lock.present and lock.origin == CLUSTER_ORIGIN and (
+            removed is None or lock.id != removed.lock_id))
         return bool(document.written_at_unix >= started and state is not None and state.applied
-                    and not (state.lock and state.lock.present))
+                    and (not (lock and lock.present) or mirrored))
 
     marker = "the marker stays" if files.read_small(section.marker).present else "no marker exists"
     return _confirm(config, applied, timeout, maintenance_line, EXIT_NOT_RUNNING,

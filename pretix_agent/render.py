@@ -147,8 +147,79 @@ def status_lines(document: status.Document, liveness: status.Liveness) -> list[s
                      f"{last.client_addr or 'local socket'}) held {last.lock_key} idle {last.held_for:.1f} s, "
                      f"{last.waiters} waiting: {last.outcome}")
         lines.append(line)
+    cluster = document.cluster
+    if cluster is not None:
+        where = {"connected": f"connected to {cluster.server}", "connecting": "connecting",
+                 "schema_missing": "schema missing (pretix-agentctl cluster init)"}.get(
+            cluster.state, f"{'DATABASE CALLS FAIL' if cluster.state == 'failing' else 'DATABASE UNREACHABLE'} "
+                           f"since {cluster.stale_since}")
+        line = f"cluster:     {cluster.name}, {where}" + (f"; {cluster.mirror}" if cluster.mirror else "")
+        if cluster.problems:
+            line += f"; {len(cluster.problems)} problem(s): pretix-agentctl status --cluster"
+        lines.append(line)
     for name, health in sorted(document.controllers.items()):
         if not health.ok:
             lines.append(f"FAILED:      {name} since {health.since}: {health.error}")
     lines.append(f"decision:    {document.sentence}")
+    return lines
+
+
+# -- the cluster (status --cluster) --------------------------------------------------------------
+
+
+def cluster_lock_text(lock: status.ClusterLock | None) -> str:
+    if lock is None:
+        return "not locked"
+    details = holder(lock.by, lock.at, lock.reason)
+    return f"LOCKED {details}" + (f" on {lock.host}" if lock.host else "")
+
+
+def node_line(node: status.ClusterNode) -> str:
+    """One node of `status --cluster`: maintenance and why, checks, last seen, clock, windows."""
+    if node.maintenance is None:
+        maintenance = "maintenance unknown"
+    elif node.maintenance:
+        lock = {"cluster": "the cluster lock", "local": "its own lock"}.get(node.locked or "", "")
+        cause = lock if node.cause in ("lock", "hand_edit") and lock else (node.cause or "?")
+        maintenance = f"maintenance ON ({cause})"
+    else:
+        maintenance = "maintenance off"
+    checks = f"FAILING checks: {', '.join(node.failing_checks)}" if node.failing_checks else "checks ok"
+    clock = "clock not measured" if node.clock_offset is None else f"clock {node.clock_offset:+.3f} s"
+    line = (f"node {node.node}: {maintenance}, {checks}, seen {node.age:.1f} s ago, {clock}, "
+            f"windows {node.windows_digest}")
+    roles = ",".join(node.roles)
+    line += f" [{roles}]" if roles else ""
+    if node.problems:
+        line += " -- " + "; ".join(node.problems)
+    return line
+
+
+def cluster_lines(document: status.Document, liveness: status.Liveness, now: float) -> list[str]:
+    """Every line of `pretix-agentctl status --cluster`."""
+    cluster = document.cluster
+    assert cluster is not None
+    lines = [f"daemon:      {'running' if liveness.alive else 'NOT RUNNING'}: {liveness.reason}"]
+    age = f"{max(0.0, now - cluster.view_at_unix):.1f} s old" if cluster.view_at_unix is not None else "never read"
+    if cluster.state == "connected":
+        lines.append(f"cluster:     {cluster.name}, connected to {cluster.server}, view {age}")
+    elif cluster.state == "connecting":
+        lines.append(f"cluster:     {cluster.name}, connecting to the database ({cluster.database})")
+    elif cluster.state == "schema_missing":
+        lines.append(f"cluster:     {cluster.name}, connected to {cluster.server}, but the agent's schema is "
+                     "missing: run pretix-agentctl cluster init")
+    else:
+        what = "DATABASE CALLS FAIL" if cluster.state == "failing" else "DATABASE UNREACHABLE"
+        lines.append(f"cluster:     {cluster.name}, {what} since {cluster.stale_since}: {cluster.error}")
+        lines.append(f"             the view below is {age} (read {cluster.view_at or 'never'}); every node keeps "
+                     "its lock as it is")
+    if cluster.locked is not None:
+        lines.append(f"lock:        {cluster_lock_text(cluster.lock)}")
+    if cluster.mirror:
+        lines.append(f"this node:   {document.node}: {cluster.mirror}")
+    lines.extend(node_line(node) for node in cluster.nodes)
+    for problem in cluster.problems:
+        lines.append(f"PROBLEM:     {problem}")
+    if cluster.state == "connected" and not cluster.problems:
+        lines.append(f"agreement:   all {len(cluster.nodes)} nodes agree")
     return lines

@@ -195,6 +195,75 @@ class LockFencing:
 
 
 @dataclass(frozen=True)
+class ClusterLock:
+    """The cluster lock: who set it, when, why, and on which node's pretix-agentctl."""
+
+    id: str
+    by: str
+    at: str
+    reason: str | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node as the cluster's database last heard of it, and what is wrong with it."""
+
+    node: str
+    seen_at: str
+    age: float  # seconds from its last heartbeat to the reading of the view (the server's clock)
+    heartbeat_interval: float
+    version: str
+    roles: list[str] = field(default_factory=list)
+    maintenance: bool | None = None
+    cause: str | None = None
+    locked: str | None = None  # "cluster" (the cluster lock), "local" (its own lock), None
+    cluster_lock_id: str | None = None
+    dismissed: str | None = None  # the cluster lock ended on that node by hand
+    failing_checks: list[str] = field(default_factory=list)
+    haproxy: list[str] = field(default_factory=list)
+    windows: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
+    windows_digest: str = ""
+    clock_offset: float | None = None  # its wall clock minus the database server's, seconds
+    problems: list[str] = field(default_factory=list)  # why it disagrees, is silent or fails
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    """A request of pretix-agentctl to the daemon, and what became of it."""
+
+    id: str
+    action: str  # lock, unlock, init, forget
+    state: str  # pending, done, failed
+    detail: str = ""
+    changed: bool = False
+    lock: ClusterLock | None = None  # lock: the lock now held; unlock: the lock that was ended
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    database: str  # the DSN (it holds no password)
+    heartbeat_interval: float
+    listen: bool
+    state: str  # connecting, connected, unreachable, schema_missing, failing
+    request_file: str
+    server: str | None = None  # "host:port" connected to
+    error: str | None = None
+    stale_since: str | None = None  # since when the view below is stale (None: it is current)
+    view_at: str | None = None  # when the view below was read
+    view_at_unix: float | None = None
+    locked: bool | None = None  # None: never known
+    lock: ClusterLock | None = None
+    mirror: str = ""  # how this node's lock file stands to the cluster lock
+    dismissed: str | None = None
+    nodes: list[ClusterNode] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # one line per node that disagrees, is silent or fails
+    requests: list[ClusterRequest] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ControllerHealth:
     """One capability's last cycle: fine, or the error that stopped it (the others went on)."""
 
@@ -227,6 +296,7 @@ class Document:
     agent_check: AgentCheck | None = None
     loki: Loki | None = None
     lock_fencing: LockFencing | None = None
+    cluster: Cluster | None = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -400,6 +400,26 @@ class PgConnection:
             self._pgconn.finish()  # sends Terminate; never blocks on a socket buffer this empty
             self._pgconn = None
 
+    def quiet(self) -> None:
+        """Drop the server's notices ("... already exists, skipping") instead of libpq's default of
+        printing them on stderr."""
+        self._pgconn.notice_handler = lambda _result: None
+
+    def notifications(self, channel: str) -> list[str]:
+        """The payloads of the NOTIFYs on `channel` received so far (reading what the socket holds,
+        without waiting). Raise ConnectionLost if the connection is gone."""
+        try:
+            self._pgconn.consume_input()
+        except self._error_class:
+            text = _clean(one_line(self._scrub(self._pgconn.error_message.decode("utf-8", "replace"))))
+            raise ConnectionLost(failed(f"connection lost: {text or 'the server closed it'}",
+                                        target=self.target)) from None
+        payloads = []
+        while (notification := self._pgconn.notifies()) is not None:
+            if notification.relname.decode("utf-8", "replace") == channel:
+                payloads.append(notification.extra.decode("utf-8", "replace"))
+        return payloads
+
     # -- queries
 
     @property

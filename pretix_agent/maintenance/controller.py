@@ -238,4 +238,4 @@ def maintenance_status(section: MaintenanceSection, decision: Decision | None, f
 
 def holder(lock: LockInfo) -> status.Holder:
     return status.Holder(present=lock.present, id=lock.lock_id, by=lock.by, at=lock.at, reason=lock.reason,
-                         host=lock.host, problem=lock.problem)
+                         host=lock.host, problem=lock.problem, origin=lock.origin)

@@ -23,6 +23,9 @@ from ..schedule import Schedule, evaluate
 MARKER_TAG = "pretix_agent_marker"
 LOCK_TAG = "pretix_agent_lock"
 ADOPTED_REASON = "marker created by hand"
+# A lock file's `origin` when the daemon mirrored it from the cluster lock (cluster/): only such a
+# lock is ever removed by `unlock --cluster`, a node's own lock stays.
+CLUSTER_ORIGIN = "cluster"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,11 +43,15 @@ class LockInfo:
     reason: str | None = None
     host: str | None = None
     problem: str | None = None  # why the content could not be read; the lock still counts
+    origin: str | None = None  # CLUSTER_ORIGIN for the cluster lock mirrored here, else None
 
     def describe(self, word: str = "locked") -> str:
-        """"locked by alice at ... (why)"; `word` is "requested" for a drain request."""
+        """"locked by alice at ... (why)"; `word` is "requested" for a drain request. The cluster
+        lock mirrored here says so: "locked (the cluster lock) by alice at ..."."""
         if not self.present:
             return "no lock"
+        if self.origin == CLUSTER_ORIGIN:
+            word += " (the cluster lock)"
         details = holder(self.by, self.at, self.reason, self.problem)
         return f"{word} {details}" if details else word
 
@@ -71,16 +78,20 @@ def parse_lock(content: bytes | None, problem: str | None = None) -> LockInfo:
         return value if isinstance(value, str) and value else None
 
     return LockInfo(True, lock_id=text("id"), by=text("by"), at=text("at"), reason=text("reason"),
-                    host=text("host"))
+                    host=text("host"), origin=text("origin"))
 
 
-def encode_lock(lock_id: str, by: str, at: datetime, reason: str | None, host: str) -> bytes:
-    """Return the content pretix-agentctl writes into a lock file."""
+def encode_lock(lock_id: str, by: str, at: datetime, reason: str | None, host: str,
+                origin: str | None = None) -> bytes:
+    """Return the content pretix-agentctl writes into a lock file; the daemon writes the cluster
+    lock it mirrors with `origin` CLUSTER_ORIGIN (`host` then names the node whose operator asked)."""
     document: dict[str, Any] = {LOCK_TAG: 1, "id": lock_id, "by": by,
                                 "at": at.astimezone(timezone.utc).isoformat(timespec="seconds"),
                                 "host": host}
     if reason:
         document["reason"] = reason
+    if origin:
+        document["origin"] = origin
     return (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8")
 
 

@@ -290,9 +290,11 @@ class PgServer:
     """One PostgreSQL server (primary or replica). ``pid`` is its postmaster."""
 
     def __init__(
-        self, name: str, cluster_name: str, datadir: Path, socket_dir: Path, log_path: Path, run_as: _RunAs
+        self, name: str, cluster_name: str, datadir: Path, socket_dir: Path, log_path: Path, run_as: _RunAs,
+        listen_addresses: str = "127.0.0.1",
     ):
         self.name = name
+        self.listen_addresses = listen_addresses
         self.cluster_name = cluster_name  # process titles are "postgres: <cluster_name>: ..."
         self.datadir = datadir
         self.socket_dir = socket_dir
@@ -396,7 +398,7 @@ class PgServer:
             str(PG_BINDIR / "postgres"),
             "-D", str(self.datadir),
             "-c", f"port={self.port}",
-            "-c", "listen_addresses=127.0.0.1",
+            "-c", f"listen_addresses={self.listen_addresses}",
             "-c", f"unix_socket_directories={self.socket_dir}",
             "-c", f"cluster_name={self.cluster_name}",
         ]  # fmt: skip
@@ -503,8 +505,11 @@ class PgReplicationCluster(ServerGroup[PgServer]):
         base_dir: str | Path | None = None,
         keep_dir: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        listen_addresses: str = "127.0.0.1",
     ) -> None:
         self.with_replica = with_replica
+        # "*" only where the servers run in a network namespace of their own (tests/integration/netns_fixture.py)
+        self.listen_addresses = listen_addresses
         self.timeout = timeout
         self.agent_password = AGENT_PASSWORD
         self.timings: dict[str, float] = {}
@@ -569,6 +574,7 @@ class PgReplicationCluster(ServerGroup[PgServer]):
             self._mkdir(self.base_dir / "sock-primary"),
             self.base_dir / "primary.log",
             self._run_as,
+            self.listen_addresses,
         )
         self._res.servers.append(self.primary)
         t = time.monotonic()
@@ -616,6 +622,7 @@ class PgReplicationCluster(ServerGroup[PgServer]):
             self._mkdir(self.base_dir / "sock-replica"),
             self.base_dir / "replica.log",
             self._run_as,
+            self.listen_addresses,
         )
         self._res.servers.append(self.replica)
         t = time.monotonic()

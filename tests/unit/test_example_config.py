@@ -46,7 +46,11 @@ EXAMPLES = {("agent", "node"): "pretix-app1", ("maintenance", "timezone"): ZoneI
             ("loki", "env"): "prod",
             ("loki", "units"): ("pretix-web.service", "pretix-worker.service", "nginx.service"),
             ("lock_fencing", "dsn"): "host=10.0.0.10 dbname=postgres user=pretix_agent_fencing",
-            ("lock_fencing", "databases"): ("pretix",), ("lock_fencing", "users"): ("pretix",)}
+            ("lock_fencing", "databases"): ("pretix",), ("lock_fencing", "users"): ("pretix",),
+            ("cluster", "dsn"): "host=10.0.0.10,10.0.0.11 dbname=pretix_agent user=pretix_agent "
+                                "target_session_attrs=read-write",
+            ("cluster", "passfile"): Path("/run/credentials/pretix-agent.service/cluster-pgpass"),
+            ("cluster", "roles"): ("app",)}
 
 # Keys shown as an alternative in prose rather than as a setting: they exclude one that is set.
 ALTERNATIVES = {("loki", "bearer_token_file")}

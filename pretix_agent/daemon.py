@@ -38,7 +38,6 @@ TEST_HOOKS_ENV = "PRETIX_AGENT_TEST_HOOKS"
 TEST_STALL_ENV = "PRETIX_AGENT_TEST_STALL_SECONDS"
 TEST_CLOCK_OFFSET_ENV = "PRETIX_AGENT_TEST_CLOCK_OFFSET"
 QUIET_TRIGGERS = ("check:", "haproxy", "lock_fencing")  # frequent, and mostly change nothing that matters
-PUBLISH_EVERY = 1.0
 
 
 class Daemon:
@@ -54,7 +53,6 @@ class Daemon:
         self.health: dict[str, status.ControllerHealth] = {}  # the controllers failing now
         self.stopping, self.started_at, self.sentence, self.cycles = False, time.time(), "", 0
         self.publish_error: str | None = None
-        self.published_at, self.publish_pending = 0.0, False  # monotonic; a quiet cycle's status waits
         self._commit_failed = lambda controller, error: self._failed(controller, error, "commit")
 
     def emit(self, event: Event) -> None:  # from any thread
@@ -91,7 +89,6 @@ class Daemon:
         while not self.stopping:
             backstop = last_cycle + self.config.agent.reconcile_interval
             dues = [due for due in (c.due() for c in self.controllers) if due is not None]
-            dues += [self.published_at + PUBLISH_EVERY] if self.publish_pending else []
             wake_at = min([backstop, *dues] + ([last_ping + ping_every] if ping_every else []))
             readers = {fd: read for c in self.controllers for fd, read in c.fds().items()}
             reasons, ready = self.wakeup.wait(wake_at - time.monotonic(), tuple(readers))
@@ -101,8 +98,8 @@ class Daemon:
                 break
             now = time.monotonic()
             if reasons or now >= backstop or any(now >= due for due in dues):
-                self.cycle(reasons or ["backstop" if now >= backstop else "due"])
-                last_cycle = time.monotonic()
+                if self.cycle(reasons or ["backstop" if now >= backstop else "due"]):
+                    last_cycle = time.monotonic()  # a quiet cycle leaves the backstop (and its status) due
             if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._ping():
                 last_ping = time.monotonic()
 
@@ -164,8 +161,9 @@ class Daemon:
 
     # -- one cycle -------------------------------------------------------------------------------
 
-    def cycle(self, trigger: list[str]) -> None:
-        """Run every controller once, in order; publish the status. A controller's bug is isolated."""
+    def cycle(self, trigger: list[str]) -> bool:
+        """Run every controller once, in order; publish the status unless the cycle was quiet (say if
+        it did). A controller's bug is isolated."""
         self.cycles += 1
         now = datetime.now(timezone.utc) + timedelta(seconds=self.clock_offset)
         facts = Facts(now=now, monotonic=time.monotonic(), trigger=tuple(trigger))
@@ -181,17 +179,16 @@ class Daemon:
             if clause:
                 clauses.append(clause)
         sentence = "; ".join(clauses)
-        # Probe results and worker reports come every second or faster; unless they change the
-        # decision, the status file (what ctl reads) is rewritten at most every PUBLISH_EVERY.
+        # Probe results and worker reports come every second or faster; one that changes no decision
+        # leaves the status file (what ctl reads) to the next cycle that does, or to the backstop.
         quiet = sentence == self.sentence and all(t.startswith(QUIET_TRIGGERS) for t in trigger)
         if sentence != self.sentence:
             self.log.info("loop.decided", sentence=sentence, trigger=",".join(trigger))
             self.sentence = sentence
             self._notify(STATUS=sentence)
-        if quiet and time.monotonic() - self.published_at < PUBLISH_EVERY:
-            self.publish_pending = True
-        else:
+        if not quiet:
             self._publish("running")
+        return not quiet
 
     def _failed(self, controller: Controller[Any, Any], error: Exception, where: str) -> str:
         text = f"{type(error).__name__}: {error}"
@@ -222,7 +219,6 @@ class Daemon:
             healthy=not self._withhold_reasons(), degraded=degraded, controllers=dict(self.health), **sections)
 
     def _publish(self, state: str) -> None:
-        self.published_at, self.publish_pending = time.monotonic(), False
         try:
             publish(self.config.agent.status_file, self.document(state))
             self.publish_error = None

@@ -171,3 +171,21 @@ def test_a_shutdown_stops_the_last_controller_after_publishing_the_final_status(
     daemon.cycle(["start"])
     daemon._shutdown()
     assert order == ["first", ("last", "stopped")]
+
+
+def test_a_probe_result_that_changes_no_decision_leaves_the_status_file_to_the_backstop(made):
+    daemon, _controllers, _notes, status_file = made
+    assert daemon.cycle(["start"]) is True
+    written = status_file.read_text()
+    assert daemon.cycle(["check:web", "haproxy"]) is False
+    assert status_file.read_text() == written
+    assert daemon.cycle(["backstop"]) is True
+    assert status_file.read_text() != written
+
+
+def test_a_probe_result_that_changes_the_decision_is_published_at_once(made):
+    daemon, controllers, _notes, status_file = made
+    daemon.cycle(["start"])
+    controllers[0].sentence = "first says something else"
+    assert daemon.cycle(["check:web"]) is True
+    assert json.loads(status_file.read_text())["sentence"].startswith("first says something else")

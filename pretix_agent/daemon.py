@@ -97,9 +97,9 @@ class Daemon:
             if self.stopping:
                 break
             now = time.monotonic()
-            if reasons or now >= backstop or any(now >= due for due in dues):
-                if self.cycle(reasons or ["backstop" if now >= backstop else "due"]):
-                    last_cycle = time.monotonic()  # a quiet cycle leaves the backstop (and its status) due
+            due = reasons or now >= backstop or any(now >= due for due in dues)
+            if due and self.cycle(reasons or ["backstop" if now >= backstop else "due"]):
+                last_cycle = time.monotonic()  # a quiet cycle leaves the backstop (and its status) due
             if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._ping():
                 last_ping = time.monotonic()
 

@@ -97,8 +97,8 @@ class Daemon:
             if self.stopping:
                 break
             now = time.monotonic()
-            due = reasons or now >= backstop or any(now >= due for due in dues)
-            if due and self.cycle(reasons or ["backstop" if now >= backstop else "due"]):
+            wanted = reasons or now >= backstop or any(now >= due for due in dues)
+            if wanted and self.cycle(reasons or ["backstop" if now >= backstop else "due"]):
                 last_cycle = time.monotonic()  # a quiet cycle leaves the backstop (and its status) due
             if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._ping():
                 last_ping = time.monotonic()

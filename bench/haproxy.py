@@ -35,9 +35,9 @@ from pathlib import Path
 from pretix_agent.checks.health import FAILING, PASSING, CheckState
 from pretix_agent.checks.model import failed, passed
 from pretix_agent.config import HaproxySection, HaproxyServer
-from pretix_agent.haproxy.worker import HaproxyWorker, actual_from
 from pretix_agent.haproxy.decide import Memory, decide
 from pretix_agent.haproxy.runtime import RuntimeApi, ServerState
+from pretix_agent.haproxy.worker import HaproxyWorker, actual_from
 from tests.integration.agent_fixture import Agent, write_config
 from tests.integration.haproxy_fixture import BACKEND, HEALTHCHECK_HOST, HOST, HaproxyFixture, free_port
 

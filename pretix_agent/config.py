@@ -267,6 +267,17 @@ def _optional_path(value: Any) -> Path:
     return _absolute_path(value)
 
 
+def _textfile(value: Any) -> Path:
+    path = _absolute_path(value)
+    if not path.name.endswith(".prom") or path.name == ".prom":
+        raise ValueError(f'expected a file name ending in ".prom" (node_exporter\'s textfile collector reads only '
+                         f'those), got "{_excerpt(str(path))}"')
+    return path
+
+
+_textfile.kind = "absolute path ending in .prom"  # type: ignore[attr-defined]
+
+
 _UNIT_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|path|slice|scope|device|swap"
                       r"|automount)")
 
@@ -434,6 +445,16 @@ SCHEMA = Table("", {
         "min_backoff": Key(parse_duration, 0.5, "First retry delay after 429, 5xx or a network error."),
         "max_backoff": Key(parse_duration, 300.0, "Longest retry delay; retries never stop."),
         "timeout": Key(parse_duration, 10.0, "Longest a push may take."),
+        "structured_metadata": Key(_boolean, True, "Send each line's level and event name as structured metadata "
+                                   "(Loki 3, or 2.9 with allow_structured_metadata); set false for an older Loki, "
+                                   "which refuses such lines with 400."),
+    }),
+    "metrics": Table("Prometheus metrics: served over HTTP, or written for node_exporter's textfile collector.", {
+        "listen": Key(_listen, "", 'Address to serve `/metrics` on, "HOST:PORT" (e.g. "0.0.0.0:8998"; an IPv6 '
+                      "address in brackets); empty serves none."),
+        "textfile": Key(_textfile, None, "A file for node_exporter's textfile collector (e.g. "
+                        '"/var/lib/prometheus/node-exporter/pretix-agent.prom"), replaced atomically; none writes '
+                        "none."),
     }),
     "checks": TableMap("Named health checks, `[checks.NAME]`, each with a `type`.", Table("", {
         "interval": Key(parse_duration, 2.0, "Time between the starts of two probes."),
@@ -597,6 +618,13 @@ class LokiSection:
     min_backoff: float
     max_backoff: float
     timeout: float
+    structured_metadata: bool = True
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    listen: str  # "" when only the textfile is written
+    textfile: Path | None
 
 
 @dataclass(frozen=True)
@@ -609,6 +637,7 @@ class Config:
     haproxy: HaproxySection | None = None
     agent_check: AgentCheckSection | None = None
     loki: LokiSection | None = None
+    metrics: MetricsSection | None = None
     raw_sections: frozenset[str] = field(default_factory=frozenset)
     lines: Mapping[Path_, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -829,6 +858,8 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
     if raw_loki["username"] and raw_loki["password_file"] is None:
         problems.add(("loki", "password_file"), "is required with loki.username")
     loki = LokiSection(**raw_loki) if raw_loki["url"] else None
+    raw_metrics = values["metrics"]
+    metrics = MetricsSection(**raw_metrics) if raw_metrics["listen"] or raw_metrics["textfile"] is not None else None
     return Config(
         source=source,
         agent=AgentSection(node=agent["node"] or socket.gethostname(), status_file=agent["status_file"],
@@ -842,6 +873,7 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         haproxy=haproxy,
         agent_check=agent_check,
         loki=loki,
+        metrics=metrics,
         raw_sections=sections,
     )
 

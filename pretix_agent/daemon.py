@@ -40,6 +40,7 @@ from .events import Event
 from .haproxy.controller import HaproxyControl
 from .loki.controller import LogsController
 from .maintenance.controller import MaintenanceController
+from .metrics.controller import MetricsController
 from .wakeup import Wakeup
 
 # Test hooks, only with PRETIX_AGENT_TEST_HOOKS=1: SIGUSR2 stalls the main loop for this many seconds
@@ -51,7 +52,7 @@ TEST_CLOCK_OFFSET_ENV = "PRETIX_AGENT_TEST_CLOCK_OFFSET"
 
 
 CONTROLLER_TYPES = (ChecksController, DrainController, MaintenanceController, HaproxyControl, AgentCheckController,
-                    LogsController)
+                    MetricsController, LogsController)
 
 
 def preflight(config: config_module.Config) -> list[ConfigProblem]:
@@ -61,11 +62,12 @@ def preflight(config: config_module.Config) -> list[ConfigProblem]:
 
 
 def build_controllers(services: Services, bus: SharedConnection, clock_offset: float) -> list[Controller[Any, Any]]:
-    """Every capability, in the order a cycle runs them: each reads what the ones before found. The
-    last (logs) is also stopped last, after the final status, so the stop's own events are shipped."""
+    """Every capability, in the order a cycle runs them: each reads what the ones before found. Metrics
+    come after every controller that decides, so they show this cycle's decisions. The last (logs) is
+    also stopped last, after the final status, so the stop's own events are shipped."""
     return [ChecksController(services, bus), DrainController(services, bus),
             MaintenanceController(services, clock_offset), HaproxyControl(services), AgentCheckController(services),
-            LogsController(services)]
+            MetricsController(services), LogsController(services)]
 
 
 class Daemon:
@@ -77,8 +79,11 @@ class Daemon:
         self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
         self.clock_offset = float(os.environ.get(TEST_CLOCK_OFFSET_ENV, "0")) if self.test_hooks else 0.0
         self.bus = SharedConnection(self.emit)
-        self.controllers = build_controllers(Services(self.wakeup.post, self.emit), self.bus, self.clock_offset)
+        self.controllers = build_controllers(Services(self.wakeup.post, self.emit, lambda: self.document("running")),
+                                             self.bus, self.clock_offset)
         self.health: dict[str, status.ControllerHealth] = {}
+        self.failures: dict[str, int] = {}  # failed cycles and commits per controller, for metrics
+        self.watchdog_withheld = 0
         self.stopping = False
         self.started_at = time.time()
         self.sentence = ""
@@ -228,6 +233,8 @@ class Daemon:
 
     def _failed(self, controller: Controller[Any, Any], error: Exception, where: str) -> str:
         text = f"{type(error).__name__}: {error}"
+        if where != "status":  # a status failure is met again in every document built, not once per cycle
+            self.failures[controller.name] = self.failures.get(controller.name, 0) + 1
         if self.health.get(controller.name, status.ControllerHealth()).ok:  # once per episode
             self.log.error("controller.failed", controller=controller.name, where=where, error=text,
                            essential=controller.essential, traceback="".join(traceback.format_exception(error)))
@@ -253,7 +260,8 @@ class Daemon:
             stale_after=3 * self.config.agent.reconcile_interval + 5, node=self.config.agent.node, pid=os.getpid(),
             version=__version__, config=str(self.config_path), sentence=self.sentence, cycles=self.cycles,
             started_at=datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds"),
-            healthy=not self._withhold_reasons(), degraded=degraded, controllers=dict(self.health), **sections)
+            healthy=not self._withhold_reasons(), degraded=degraded, controllers=dict(self.health),
+            controller_failures=dict(self.failures), watchdog_withheld=self.watchdog_withheld, **sections)
 
     def _publish(self, state: str) -> None:
         try:
@@ -279,6 +287,7 @@ class Daemon:
         """Send WATCHDOG=1 only if nothing calls for a restart."""
         reasons = self._withhold_reasons()
         if reasons:
+            self.watchdog_withheld += 1
             self.log.error("systemd.watchdog_withheld", unhealthy=",".join(reasons))
             return False
         self._notify(WATCHDOG="1")

@@ -11,6 +11,7 @@ that stops is noticed by the systemd watchdog gate.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -50,10 +51,11 @@ class CheckRunner:
     def _run(self) -> None:
         next_start = time.monotonic()
         while not self._stopped.is_set():
+            started = time.monotonic()
             result = self.probe_once()
             if self._stopped.is_set():
                 return
-            self.deliver(self.spec.name, result)
+            self.deliver(self.spec.name, dataclasses.replace(result, seconds=time.monotonic() - started))
             self.beat()
             next_start += self.spec.interval
             now = time.monotonic()

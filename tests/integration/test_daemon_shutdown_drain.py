@@ -31,7 +31,8 @@ def test_shutdown_drains_the_node_then_releases_the_delay_lock(agent_factory, tm
         assert ours(logind), "released before the drain time passed"
         wait_until(lambda: not ours(logind), timeout=10, message="the lock released after the drain")
         assert "shutdown_drain.released" in agent.log()
-        assert not agent.status()["drain"]["request"]["present"]  # nothing persisted: a reboot must not come back drained
+        # Nothing persisted: a reboot must not come back drained.
+        assert not agent.status()["drain"]["request"]["present"]
         logind.prepare_for_shutdown(False)
         agent.wait_status(lambda d: d["agent_check"]["answer"] == "up 100%\n", timeout=5)
         wait_until(lambda: ours(logind), message="the lock taken again")

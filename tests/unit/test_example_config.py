@@ -44,7 +44,9 @@ EXAMPLES = {("agent", "node"): "pretix-app1", ("maintenance", "timezone"): ZoneI
             ("loki", "url"): "https://loki.example.org", ("loki", "username"): "123456",
             ("loki", "password_file"): Path("/run/credentials/pretix-agent.service/loki-password"),
             ("loki", "env"): "prod",
-            ("loki", "units"): ("pretix-web.service", "pretix-worker.service", "nginx.service")}
+            ("loki", "units"): ("pretix-web.service", "pretix-worker.service", "nginx.service"),
+            ("metrics", "listen"): "0.0.0.0:8998",
+            ("metrics", "textfile"): Path("/var/lib/prometheus/node-exporter/pretix-agent.prom")}
 
 # Keys shown as an alternative in prose rather than as a setting: they exclude one that is set.
 ALTERNATIVES = {("loki", "bearer_token_file")}

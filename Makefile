@@ -7,7 +7,7 @@ PYTHON := /usr/bin/python3
 # Keep pyenv's shims (first on PATH on the dev machines) out of everything we run.
 export PATH := /usr/sbin:/usr/bin:/sbin:/bin
 VENV := .venv
-PYPI_PACKAGES := watchdog structlog psycopg redis prometheus-client pytest hypothesis ruff mypy
+PYPI_PACKAGES := watchdog structlog psycopg redis prometheus-client pytest hypothesis pyyaml ruff mypy
 
 # Debian packages: runtime, test components, packaging and the systemd container tier.
 DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3-pydbus python3-gi \
@@ -15,7 +15,7 @@ DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3
 	nginx-light postgresql-15 redis-server haproxy curl \
 	debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian \
 	debootstrap systemd-container dpkg-dev git tzdata systemd-journal-remote \
-	python3-prometheus-client prometheus
+	python3-prometheus-client prometheus python3-yaml
 
 .PHONY: deps demo test lint unit unit-pypi integration bench clean readme-reference deb e2e
 

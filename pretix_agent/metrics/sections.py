@@ -224,9 +224,9 @@ CHECK_VALUES: dict[str, tuple[CheckValue, ...]] = {
         _value("master_last_io_seconds_ago", "pretix_agent_redis_master_last_io_seconds", "On a replica: time "
                "since the master was last heard of."),
         _value("used_memory", "pretix_agent_redis_memory_used_bytes", "Memory Redis uses (used_memory)."),
-        _value("maxmemory", "pretix_agent_redis_memory_max_bytes", "maxmemory; absent when unlimited."),
-        _value("memory_ratio", "pretix_agent_redis_memory_used_ratio", "used_memory / maxmemory; absent when "
-               "unlimited."),
+        _value("maxmemory", "pretix_agent_redis_memory_max_bytes", "The maxmemory setting; absent when unlimited."),
+        _value("memory_ratio", "pretix_agent_redis_memory_used_ratio", "Used memory as a ratio of maxmemory; "
+               "absent when unlimited."),
         _value("queues", "pretix_agent_celery_queue_tasks", "Tasks waiting in a celery queue (every priority "
                "list of it).", per="queue"),
         _value("queue_ages", "pretix_agent_celery_queue_oldest_task_age_seconds", "How long the oldest task of a "

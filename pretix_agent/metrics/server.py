@@ -11,6 +11,8 @@ a scrape never waits for the loop.
 from __future__ import annotations
 
 import errno
+import os
+import selectors
 import socket
 import socketserver
 import threading
@@ -18,7 +20,6 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from ..config import split_host_port
 from ..errors import AgentError
 from .exposition import CONTENT_TYPE
 
@@ -93,6 +94,7 @@ class _Server(socketserver.ThreadingTCPServer):
     """Not http.server's HTTPServer: its bind looks the address up in DNS (getfqdn), which can hang."""
 
     daemon_threads = True
+    timeout = 0.5  # handle_request's wait, should the connection seen ready be gone by then
     allow_reuse_address = True  # a restarted daemon gets its port back while old connections are in TIME_WAIT
     render: Callable[[], bytes]
     owner: MetricsServer
@@ -134,14 +136,17 @@ class MetricsServer:
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None  # stop() writes to it: the loop needs no timeout to notice
         self.address: tuple[str, int] | None = None
 
     def bind(self) -> None:
-        """Bind and listen without serving yet. Raise MetricsError (one line) if it cannot."""
-        try:
-            host, port = split_host_port(self.listen)
-        except ValueError as error:
-            raise MetricsError(f"metrics listen {self.listen}: {error}") from None
+        """Bind and listen without serving yet. Raise MetricsError (one line) if it cannot. Port 0
+        (refused by the configuration) takes a free port: for tests in this process, see `address`."""
+        host, _, port_text = self.listen.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port_text.isdigit() or int(port_text) > 65535:
+            raise MetricsError(f"metrics listen address {self.listen!r} is not HOST:PORT")
+        port = int(port_text)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except (OSError, UnicodeError) as error:
@@ -163,9 +168,22 @@ class MetricsServer:
         if self._server is None:
             self.bind()
         assert self._server is not None
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="metrics", daemon=True)
+        self._wake = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._serve, args=(self._server, self._wake[0]), name="metrics",
+                                        daemon=True)
         self._thread.start()
+
+    def _serve(self, server: _Server, wake: int) -> None:
+        """Accept until stop() writes to `wake`. Unlike socketserver's serve_forever, which polls for its
+        shutdown flag (twice a second by default), this sleeps until a connection or the stop arrives."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(server.socket, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj == wake:
+                        return
+                    server.handle_request()  # accept (ready now), then a thread per connection
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -184,7 +202,11 @@ class MetricsServer:
         server, self._server = self._server, None
         if server is None:
             return
-        if self._thread is not None and self._thread.is_alive():
-            server.shutdown()  # only while serve_forever runs: it would wait for it forever otherwise
-            self._thread.join(timeout=2.0)
+        if self._wake is not None:
+            os.write(self._wake[1], b"x")
+            if self._thread is not None:
+                self._thread.join(timeout=2.0)
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
         server.server_close()

@@ -17,7 +17,7 @@ DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3
 	debootstrap systemd-container dpkg-dev git tzdata systemd-journal-remote \
 	python3-prometheus-client prometheus python3-yaml
 
-.PHONY: deps demo test lint unit unit-pypi integration bench clean readme-reference deb e2e
+.PHONY: deps demo test lint rules unit unit-pypi integration bench clean readme-reference deb e2e
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
@@ -42,6 +42,12 @@ lint: $(VENV)/.done
 	$(VENV)/bin/ruff check pretix_agent tests bench demo tools
 	$(VENV)/bin/mypy pretix_agent
 
+# The Prometheus rules: valid, and doing what tests/prometheus/ says over synthetic series (promtool
+# comes with Debian's prometheus package on Debian 12, and is its own package on Debian 13).
+rules: deps
+	promtool check rules conf/prometheus/pretix-agent.rules.yml
+	promtool test rules tests/prometheus/*.yml
+
 unit:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
 
@@ -51,7 +57,7 @@ unit-pypi: $(VENV)/.done
 integration:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
-test: deps lint unit unit-pypi integration e2e
+test: deps lint rules unit unit-pypi integration e2e
 
 bench: deps
 	$(PYTHON) -m bench

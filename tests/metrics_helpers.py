@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pretix_agent import status
+from pretix_agent.metrics.model import families
+from pretix_agent.metrics.sections import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "conf" / "prometheus" / "pretix-agent.rules.yml"
@@ -92,10 +94,20 @@ def full_document() -> status.Document:
     )
 
 
+def samples(doc: status.Document) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Metric name -> {labels: value}, from the families of `doc`."""
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in families(doc, SECTIONS):
+        out[family.spec.name] = {tuple(zip(family.spec.labels, values, strict=True)): value
+                                 for values, value in family.samples}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The names the rules and the dashboard use.
 
-_NAME = re.compile(r"\b(pretix_agent_[a-z0-9_]+|process_[a-z0-9_]+)\b")
+# Not after ":": recorded series (`instance:pretix_agent_loki_lines_sent:rate5m`) exist only in Prometheus.
+_NAME = re.compile(r"(?<![\w:])pretix_agent_[a-z0-9_]+")
 
 
 def rules() -> list[dict[str, Any]]:
@@ -134,5 +146,5 @@ def dashboard_expressions() -> list[str]:
 
 
 def metric_names(expressions: list[str]) -> set[str]:
-    """The agent's metric names the expressions read (histogram-style suffixes are not used)."""
+    """The agent's metric names the expressions read (not the series the rules record)."""
     return {name for expression in expressions for name in _NAME.findall(expression)}

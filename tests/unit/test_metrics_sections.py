@@ -12,19 +12,10 @@ from pretix_agent import status
 from pretix_agent.metrics import exposition, sections
 from pretix_agent.metrics.model import COUNTER, GAUGE, Section, Spec, declared, families, sample
 from pretix_agent.metrics.sections import SECTIONS
-from tests.metrics_helpers import SECRET, check, document, full_document
+from tests.metrics_helpers import SECRET, check, document, full_document, samples
 
 NAME = re.compile(r"pretix_agent_[a-z0-9]+(_[a-z0-9]+)*")
 LABEL = re.compile(r"[a-z_][a-z0-9_]*")
-
-
-def samples(doc: status.Document) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Metric name -> {labels: value}, from the families of `doc`."""
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in families(doc, SECTIONS):
-        out[family.spec.name] = {tuple(zip(family.spec.labels, values, strict=True)): value
-                                 for values, value in family.samples}
-    return out
 
 
 def value(doc: status.Document, name: str, **labels: str) -> float | None:

@@ -123,3 +123,15 @@ def families(document: Any, sections: Sequence[Section]) -> list[Family]:
 def declared(sections: Sequence[Section]) -> list[Spec]:
     """Every metric the sections declare, and the one about the sections themselves."""
     return [spec for section in sections for spec in section.specs] + [SECTION_FAILED]
+
+
+def reference_markdown(sections: Sequence[Section]) -> str:
+    """Render every metric as the reference in docs/metrics.md (kept current by a test)."""
+    out = []
+    for title, specs in [*((section.name, section.specs) for section in sections), ("metrics", (SECTION_FAILED,))]:
+        out.append(f"#### {title}\n\n| metric | type | labels | meaning |\n| --- | --- | --- | --- |")
+        for spec in specs:
+            labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
+            out.append(f"| `{spec.name}` | {spec.kind} | {labels} | {spec.help} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

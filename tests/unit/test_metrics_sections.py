@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pretix_agent import status
 from pretix_agent.metrics import exposition, sections
-from pretix_agent.metrics.model import COUNTER, GAUGE, Section, Spec, declared, families, sample
+from pretix_agent.metrics.model import COUNTER, GAUGE, Section, Spec, declared, families, reference_markdown, sample
 from pretix_agent.metrics.sections import SECTIONS
-from tests.metrics_helpers import SECRET, check, document, full_document, samples
+from tests.metrics_helpers import ROOT, SECRET, check, document, full_document, samples
 
 NAME = re.compile(r"pretix_agent_[a-z0-9]+(_[a-z0-9]+)*")
 LABEL = re.compile(r"[a-z_][a-z0-9_]*")
@@ -44,6 +44,13 @@ def test_every_metric_is_named_by_prometheus_conventions():
         assert all(LABEL.fullmatch(label) for label in spec.labels), spec
         assert not any(word in spec.name for word in ("_milliseconds", "_ms", "_percent", "_kb", "_mib")), spec.name
         assert spec.help and not spec.help[0].islower() and spec.help.endswith("."), spec.name
+
+
+def test_the_metrics_reference_in_docs_is_current():
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    start, end = "<!-- metrics-reference:start -->\n", "<!-- metrics-reference:end -->"
+    assert text[text.index(start) + len(start):text.index(end)] == reference_markdown(SECTIONS), (
+        "run `make readme-reference`")
 
 
 def test_a_fully_configured_busy_agent_has_a_sample_for_every_metric():

@@ -121,6 +121,16 @@ class MetricsController(Controller[Observed, Publish]):
         self.settings = section
         if (section.textfile if section is not None else None) != old:
             self.written_at, self.written_wall, self.textfile_error, self._due = None, None, None, None
+            if old is not None:
+                self._remove(old)
+
+    def _remove(self, path: Path) -> None:
+        """A textfile the configuration no longer names goes: node_exporter would serve it, stale, forever.
+        (At a stop it stays: its age is how Prometheus tells that the agent stopped.)"""
+        try:
+            files.remove(path)
+        except FileWriteError as error:
+            self.services.emit(Event("metrics.textfile_failed", "error", {"error": str(error)}))
 
     # -- the cycle -------------------------------------------------------------------------------
 

@@ -138,6 +138,17 @@ def test_a_textfile_that_cannot_be_written_is_one_error_per_episode_and_shows_as
     assert controller.degraded() == [] and path.exists()
 
 
+def test_a_reload_that_names_another_textfile_removes_the_old_one_a_stop_keeps_it(tmp_path):
+    old, new = tmp_path / "old.prom", tmp_path / "new.prom"
+    controller = started(MetricsController(FakeDaemon().services()), metrics_config(textfile=str(old)))
+    controller.reconcile(facts(1.0))
+    controller.prepare(metrics_config(textfile=str(new))).commit()
+    controller.reconcile(facts(2.0))
+    assert not old.exists() and new.exists()
+    controller.stop()
+    assert new.exists()  # node_exporter's mtime of it tells Prometheus the agent stopped
+
+
 def test_check_refuses_a_textfile_directory_that_does_not_exist(tmp_path):
     cfg = metrics_config(textfile=f"{tmp_path}/missing/pretix-agent.prom")
     (problem,) = MetricsController.check(cfg)
@@ -246,3 +257,17 @@ def test_a_reload_to_another_address_that_is_in_use_changes_nothing(server):
     with pytest.raises(MetricsError):
         controller.prepare(metrics_config(listen=f"{host}:{port}"))
     assert controller.server is None and controller.settings is None
+
+
+# ---------------------------------------------------------------------------------------------
+# pretix-agentctl status
+
+
+def test_ctl_status_shows_where_the_metrics_are_and_a_textfile_that_is_not_written():
+    from pretix_agent.render import status_lines
+
+    doc = document(metrics=status.Metrics(listen="0.0.0.0:8998", textfile="/var/lib/x/pretix-agent.prom",
+                                          scrapes=12, textfile_error="cannot write /var/lib/x: read-only"))
+    lines = status_lines(doc, status.Liveness(True, "running", 0.0))
+    assert ("metrics:     0.0.0.0:8998/metrics (12 scrapes); textfile /var/lib/x/pretix-agent.prom NOT WRITTEN: "
+            "cannot write /var/lib/x: read-only") in lines

@@ -7,16 +7,17 @@ PYTHON := /usr/bin/python3
 # Keep pyenv's shims (first on PATH on the dev machines) out of everything we run.
 export PATH := /usr/sbin:/usr/bin:/sbin:/bin
 VENV := .venv
-PYPI_PACKAGES := watchdog structlog psycopg redis pytest hypothesis ruff mypy
+PYPI_PACKAGES := watchdog structlog psycopg redis prometheus-client pytest hypothesis pyyaml ruff mypy
 
 # Debian packages: runtime, test components, packaging and the systemd container tier.
 DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3-pydbus python3-gi \
 	python3-pytest python3-hypothesis python3-venv python3-dbusmock dbus \
 	nginx-light postgresql-15 redis-server haproxy curl iproute2 \
 	debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian \
-	debootstrap systemd-container dpkg-dev git tzdata systemd-journal-remote
+	debootstrap systemd-container dpkg-dev git tzdata systemd-journal-remote \
+	python3-prometheus-client prometheus python3-yaml
 
-.PHONY: deps demo test test-churn lint unit unit-pypi integration bench clean readme-reference deb e2e
+.PHONY: deps demo test test-churn lint rules unit unit-pypi integration bench clean readme-reference deb e2e
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
@@ -41,6 +42,12 @@ lint: $(VENV)/.done
 	$(VENV)/bin/ruff check pretix_agent tests bench demo tools
 	$(VENV)/bin/mypy pretix_agent
 
+# The Prometheus rules: valid, and doing what tests/prometheus/ says over synthetic series (promtool
+# comes with Debian's prometheus package on Debian 12, and is its own package on Debian 13).
+rules: deps
+	promtool check rules conf/prometheus/pretix-agent.rules.yml
+	promtool test rules tests/prometheus/*.yml
+
 unit:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
 
@@ -50,7 +57,7 @@ unit-pypi: $(VENV)/.done
 integration:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
-test: deps lint unit unit-pypi integration e2e
+test: deps lint rules unit unit-pypi integration e2e
 
 # `make test`'s tiers while tools/connection_churn.py opens and closes CHURN_RATE outbound loopback
 # connections a second beside them (started and stopped by its PID; its JSON report at the end):

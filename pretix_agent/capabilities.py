@@ -17,9 +17,10 @@ from .fencing.controller import FencingController
 from .haproxy.controller import HaproxyControl
 from .loki.controller import LogsController
 from .maintenance.controller import MaintenanceController
+from .metrics.controller import MetricsController
 
 CONTROLLER_TYPES = (ChecksController, DrainController, ClusterController, MaintenanceController, HaproxyControl,
-                    AgentCheckController, FencingController, LogsController)
+                    AgentCheckController, FencingController, MetricsController, LogsController)
 
 
 def preflight(config: Config) -> list[ConfigProblem]:
@@ -30,10 +31,12 @@ def preflight(config: Config) -> list[ConfigProblem]:
 
 def build_controllers(services: Services, bus: SharedConnection, clock_offset: float) -> list[Controller[Any, Any]]:
     """Every capability, in the order a cycle runs them: each reads what the ones before found. The
-    last (logs) is also stopped last, after the final status, so the stop's own events are shipped. The
+    last (logs) is also stopped last, after the final status, so the stop's own events are shipped, and
+    metrics come just before it, after every controller that decides, so they show this cycle. The
     cluster runs before maintenance, so a mirrored cluster lock is acted on in the same cycle; it
     publishes the maintenance and haproxy sections of the last cycle as this node's row."""
     maintenance, haproxy = MaintenanceController(services, clock_offset), HaproxyControl(services)
     cluster = ClusterController(services, clock_offset, maintenance.status, haproxy.status)
     return [ChecksController(services, bus), DrainController(services, bus), cluster, maintenance, haproxy,
-            AgentCheckController(services), FencingController(services), LogsController(services)]
+            AgentCheckController(services), FencingController(services), MetricsController(services),
+            LogsController(services)]

@@ -29,6 +29,7 @@ class ProbeResult:
     reason: str
     values: Mapping[str, Any] = field(default_factory=dict)
     hard: bool = False
+    seconds: float | None = None  # how long the probe took; the runner measures it, probes leave it None
 
     def __post_init__(self) -> None:
         if self.outcome not in (PASS, FAIL, UNKNOWN):

@@ -274,6 +274,17 @@ def _optional_path(value: Any) -> Path:
     return _absolute_path(value)
 
 
+def _textfile(value: Any) -> Path:
+    path = _absolute_path(value)
+    if not path.name.endswith(".prom") or path.name == ".prom":
+        raise ValueError(f'expected a file name ending in ".prom" (node_exporter\'s textfile collector reads only '
+                         f'those), got "{_excerpt(str(path))}"')
+    return path
+
+
+_textfile.kind = "absolute path ending in .prom"  # type: ignore[attr-defined]
+
+
 _UNIT_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|path|slice|scope|device|swap"
                       r"|automount)")
 
@@ -533,6 +544,16 @@ SCHEMA = Table("", {
         "min_backoff": Key(parse_duration, 0.5, "First retry delay after 429, 5xx or a network error."),
         "max_backoff": Key(parse_duration, 300.0, "Longest retry delay; retries never stop."),
         "timeout": Key(parse_duration, 10.0, "Longest a push may take."),
+        "structured_metadata": Key(_boolean, True, "Send each line's level and event name as structured metadata "
+                                   "(Loki 3, or 2.9 with allow_structured_metadata); set false for an older Loki, "
+                                   "which refuses such lines with 400."),
+    }),
+    "metrics": Table("Prometheus metrics: served over HTTP, or written for node_exporter's textfile collector.", {
+        "listen": Key(_listen, "", 'Address to serve `/metrics` on, "HOST:PORT" (e.g. "0.0.0.0:8998"; an IPv6 '
+                      "address in brackets); empty serves none."),
+        "textfile": Key(_textfile, None, "A file for node_exporter's textfile collector (e.g. "
+                        '"/var/lib/prometheus/node-exporter/pretix-agent.prom"), replaced atomically; none writes '
+                        "none."),
     }),
     "lock_fencing": Table("On a node that reaches the primary: terminate a hung session that holds pretix's "
                           "advisory locks while other sessions wait for them (docs/lock_fencing.md).", {
@@ -751,6 +772,13 @@ class LokiSection:
     min_backoff: float
     max_backoff: float
     timeout: float
+    structured_metadata: bool = True
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    listen: str  # "" when only the textfile is written
+    textfile: Path | None
 
 
 @dataclass(frozen=True)
@@ -777,6 +805,7 @@ class Config:
     loki: LokiSection | None = None
     lock_fencing: LockFencingSection | None = None
     cluster: ClusterSection | None = None
+    metrics: MetricsSection | None = None
     raw_sections: frozenset[str] = field(default_factory=frozenset)
     lines: Mapping[Path_, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -1004,6 +1033,8 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         problems.add(("cluster", "timeout"), f"is {raw_cluster['timeout']:g} s, must be less than heartbeat_interval "
                      f"({raw_cluster['heartbeat_interval']:g} s): a call must end before the next heartbeat")
     cluster = ClusterSection(**raw_cluster) if raw_cluster["dsn"] and INVALID not in raw_cluster.values() else None
+    raw_metrics = values["metrics"]
+    metrics = MetricsSection(**raw_metrics) if raw_metrics["listen"] or raw_metrics["textfile"] is not None else None
     return Config(
         source=source,
         agent=AgentSection(node=agent["node"] or socket.gethostname(), status_file=agent["status_file"],
@@ -1019,6 +1050,7 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         loki=loki,
         lock_fencing=lock_fencing,
         cluster=cluster,
+        metrics=metrics,
         raw_sections=sections,
     )
 

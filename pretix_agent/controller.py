@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from . import status
 from .check_results import CheckState
 from .config import Config
 from .errors import ConfigProblem
@@ -88,6 +89,9 @@ class Services:
 
     wake: Callable[[str], None]  # queue a trigger and run a cycle at once (any thread, signal-safe)
     emit: Callable[[Event], None]  # log an event (any thread)
+    # The status document as it would be published now (every controller's section and the daemon's
+    # counters), for a controller that exports it: metrics. None where there is no daemon (tests).
+    document: Callable[[], status.Document | None] = lambda: None
 
 
 @dataclass

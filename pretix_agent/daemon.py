@@ -49,8 +49,11 @@ class Daemon:
         self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
         self.clock_offset = float(os.environ.get(TEST_CLOCK_OFFSET_ENV, "0")) if self.test_hooks else 0.0
         self.bus = SharedConnection(self.emit)
-        self.controllers = build_controllers(Services(self.wakeup.post, self.emit), self.bus, self.clock_offset)
+        self.controllers = build_controllers(Services(self.wakeup.post, self.emit, lambda: self.document("running")),
+                                             self.bus, self.clock_offset)
         self.health: dict[str, status.ControllerHealth] = {}  # the controllers failing now
+        self.failures: dict[str, int] = {}  # failed cycles and commits per controller, for metrics
+        self.watchdog_withheld = 0
         self.stopping, self.started_at, self.sentence, self.cycles = False, time.time(), "", 0
         self.publish_error: str | None = None
         self._commit_failed = lambda controller, error: self._failed(controller, error, "commit")
@@ -192,6 +195,8 @@ class Daemon:
 
     def _failed(self, controller: Controller[Any, Any], error: Exception, where: str) -> str:
         text = f"{type(error).__name__}: {error}"
+        if where != "status":  # a status failure is met again in every document built, not once per cycle
+            self.failures[controller.name] = self.failures.get(controller.name, 0) + 1
         if controller.name not in self.health:  # once per episode
             self.log.error("controller.failed", controller=controller.name, where=where, error=text,
                            essential=controller.essential, traceback="".join(traceback.format_exception(error)))
@@ -216,7 +221,8 @@ class Daemon:
             stale_after=3 * self.config.agent.reconcile_interval + 5, node=self.config.agent.node, pid=os.getpid(),
             version=__version__, config=str(self.config_path), sentence=self.sentence, cycles=self.cycles,
             started_at=datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds"),
-            healthy=not self._withhold_reasons(), degraded=degraded, controllers=dict(self.health), **sections)
+            healthy=not self._withhold_reasons(), degraded=degraded, controllers=dict(self.health),
+            controller_failures=dict(self.failures), watchdog_withheld=self.watchdog_withheld, **sections)
 
     def _publish(self, state: str) -> None:
         try:
@@ -240,6 +246,7 @@ class Daemon:
         """Send WATCHDOG=1 only if nothing calls for a restart."""
         reasons = self._withhold_reasons()
         if reasons:
+            self.watchdog_withheld += 1
             self.log.error("systemd.watchdog_withheld", unhealthy=",".join(reasons))
             return False
         self._notify(WATCHDOG="1")

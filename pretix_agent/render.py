@@ -157,6 +157,13 @@ def status_lines(document: status.Document, liveness: status.Liveness) -> list[s
         if cluster.problems:
             line += f"; {len(cluster.problems)} problem(s): pretix-agentctl status --cluster"
         lines.append(line)
+    metrics = document.metrics
+    if metrics is not None:
+        parts = ([f"{metrics.listen}/metrics ({metrics.scrapes} scrapes)"] if metrics.listen else []) + (
+            [f"textfile {metrics.textfile} " + (f"NOT WRITTEN: {metrics.textfile_error}" if metrics.textfile_error
+                                                 else f"written {metrics.textfile_written_at or 'not yet'}")]
+            if metrics.textfile else [])
+        lines.append("metrics:     " + "; ".join(parts))
     for name, health in sorted(document.controllers.items()):
         if not health.ok:
             lines.append(f"FAILED:      {name} since {health.since}: {health.error}")

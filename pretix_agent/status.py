@@ -91,6 +91,7 @@ class Check:
     values: dict[str, Any] = field(default_factory=dict)
     probes: int = 0
     failure: str | None = None  # while failing: the reason of the failure, not of a rising probe
+    duration_seconds: float | None = None  # how long the latest probe took
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class Haproxy:
     held: list[str] = field(default_factory=list)
     servers: list[HaproxyServer] = field(default_factory=list)
     taken_out: list[str] = field(default_factory=list)
+    changes: dict[str, int] = field(default_factory=dict)  # state changes haproxy took, by the state set
+    change_failures: int = 0  # state changes haproxy refused (or the exchange failed)
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,15 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    listen: str | None = None  # None: no HTTP listener
+    textfile: str | None = None  # None: no textfile
+    scrapes: int = 0
+    textfile_written_at: str | None = None
+    textfile_error: str | None = None
+
+
+@dataclass(frozen=True)
 class ControllerHealth:
     """One capability's last cycle: fine, or the error that stopped it (the others went on)."""
 
@@ -297,6 +309,10 @@ class Document:
     loki: Loki | None = None
     lock_fencing: LockFencing | None = None
     cluster: Cluster | None = None
+    metrics: Metrics | None = None
+    # Since the start: failed cycles (and commits) per controller, and WATCHDOG=1 pings withheld.
+    controller_failures: dict[str, int] = field(default_factory=dict)
+    watchdog_withheld: int = 0
 
 
 # ---------------------------------------------------------------------------------------------

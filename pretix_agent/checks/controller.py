@@ -59,7 +59,8 @@ def check_status(spec: CheckSpec, state: CheckState, since: str | None) -> statu
         rise=spec.rise, since=since, reason=None if last is None else last.reason,
         outcome=None if last is None else last.outcome, hard=None if last is None else last.hard,
         values={} if last is None else dict(last.values), probes=state.probes,
-        failure=state.why() if state.state != health.PASSING and state.failure is not None else None)
+        failure=state.why() if state.state != health.PASSING and state.failure is not None else None,
+        duration_seconds=None if last is None or last.seconds is None else round(last.seconds, 6))
 
 
 def _constant(result: ProbeResult) -> Callable[[Deadline], ProbeResult]:

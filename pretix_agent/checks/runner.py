@@ -16,6 +16,7 @@ its connection when it returns, and never opens another.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -66,10 +67,11 @@ class CheckRunner:
     def _schedule(self) -> None:
         next_start = time.monotonic()
         while not self._stopped.is_set():
+            started = time.monotonic()
             result = self.probe_once()
             if self._stopped.is_set():
                 return
-            self.deliver(self.spec.name, result)
+            self.deliver(self.spec.name, dataclasses.replace(result, seconds=time.monotonic() - started))
             self.beat()
             next_start += self.spec.interval
             now = time.monotonic()

@@ -147,7 +147,8 @@ class HaproxyControl(Controller[Observed, Handover]):
             return status.Haproxy(socket=self.settings.socket)
         return status.Haproxy(socket=self.settings.socket, reachable=report.reachable, error=report.error,
                               process=report.process, sentence=report.sentence, held=report.held,
-                              servers=report.servers, taken_out=report.taken_out)
+                              servers=report.servers, taken_out=report.taken_out, changes=report.changes,
+                              change_failures=report.change_failures)
 
     def _stop_worker(self) -> None:
         if self.worker is not None:

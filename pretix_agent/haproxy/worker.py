@@ -20,7 +20,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class Report:
     held: list[str]
     servers: list[HaproxyServerStatus]
     taken_out: list[str]
+    changes: dict[str, int] = field(default_factory=dict)  # since the worker started, by the state set
+    change_failures: int = 0
 
 
 def load_memory(path: Path) -> Memory:
@@ -88,6 +90,8 @@ class HaproxyWorker:
         self._identity: Any = None
         self._error: str | None = None
         self._unreachable = False
+        self.changes: dict[str, int] = {}  # state changes haproxy took, by the state set (for metrics)
+        self.change_failures = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -145,6 +149,7 @@ class HaproxyWorker:
                 failures.append(str(refused))
                 continue
             applied.append(action)
+            self.changes[action.state] = self.changes.get(action.state, 0) + 1
             self.log_event(Event("haproxy.server_state_changed", "warning" if action.state != "ready" else "info", {
                 "backend": action.backend, "server": action.server, "state": action.state, "reason": action.reason}))
         for event in decision.events:
@@ -153,13 +158,15 @@ class HaproxyWorker:
         self.memory = remember(self.memory, applied, decision.held, now, self.section.hold_down)
         if applied:
             self._save(old_taken)
+        self.change_failures += len(failures)
         for failure in failures:
             self.log_event(Event("haproxy.command_failed", "error", {"error": failure}))
         self._error = failures[0] if failures else None
         self.report(Report(generation, True, failures[0] if failures else None, str(identity), decision.sentence,
                            sorted(f"{b}/{s}" for b, s in decision.held),
                            [HaproxyServerStatus(**asdict(report)) for report in decision.reports],
-                           sorted(f"{b}/{s}" for b, s in self.memory.taken_out)))
+                           sorted(f"{b}/{s}" for b, s in self.memory.taken_out), dict(self.changes),
+                           self.change_failures))
         return decision.deferred
 
     def _save(self, old_taken: frozenset[tuple[str, str]]) -> None:
@@ -185,4 +192,4 @@ class HaproxyWorker:
                 "detail": "haproxy's servers are left as they are until the socket answers"}))
         self._error = error
         self.report(Report(generation, False, error, None, f"haproxy unreachable: {error}", [], [], sorted(
-            f"{b}/{s}" for b, s in self.memory.taken_out)))
+            f"{b}/{s}" for b, s in self.memory.taken_out), dict(self.changes), self.change_failures))

@@ -2,7 +2,11 @@
 
 Labels are few and static so that Loki keeps few streams: `host` (the node), `service_name`,
 `env` (when set) and `unit` (the systemd unit, journal lines only). Nothing that varies per line
-(level, request id, pid) becomes a label: that would create a stream per value.
+(level, request id, pid) becomes a label: that would create a stream per value. What varies per
+line and is worth filtering on travels as structured metadata beside the line (Loki 3): its
+`level` (the agent's own, or the journal's PRIORITY for other units) and, for the agent's lines,
+its `event` name, so `{service_name="pretix-agent"} | level="error"` and
+`| event="maintenance.enabled"` work without parsing the text, and Grafana colours lines by level.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from ..config import LokiSection
 
 # A stream's labels: sorted (name, value) pairs, hashable, so it can key a dict of streams.
 Labels = tuple[tuple[str, str], ...]
+# A line's structured metadata: (name, value) pairs, names valid as label names.
+Metadata = tuple[tuple[str, str], ...]
 
 # Loki (like Prometheus) accepts label names matching this; anything else is a 400 for the stream.
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -28,7 +34,8 @@ class Entry(NamedTuple):
     """One line: its stream's labels, its time in Unix nanoseconds, the text, and where it came from.
 
     `cursor` is the journal cursor of the entry (None for lines that are not in the journal);
-    `size` is the line's length in UTF-8 bytes, what `[loki] batch_size` counts.
+    `size` is the line's length in UTF-8 bytes, what `[loki] batch_size` counts; `metadata` is its
+    structured metadata (level, event).
     """
 
     labels: Labels
@@ -36,6 +43,7 @@ class Entry(NamedTuple):
     line: str
     size: int
     cursor: str | None = None
+    metadata: Metadata = ()
 
 
 def line_size(line: str) -> int:
@@ -43,8 +51,33 @@ def line_size(line: str) -> int:
     return len(line) if line.isascii() else len(line.encode("utf-8", "replace"))
 
 
-def make_entry(labels: Labels, ts_ns: int, line: str, cursor: str | None = None) -> Entry:
-    return Entry(labels, ts_ns, line, line_size(line), cursor)
+def make_entry(labels: Labels, ts_ns: int, line: str, cursor: str | None = None, metadata: Metadata = ()) -> Entry:
+    return Entry(labels, ts_ns, line, line_size(line), cursor, metadata)
+
+
+# syslog priorities (the journal's PRIORITY) as the level names Grafana knows (it shows notice as info).
+LEVELS = {0: "critical", 1: "critical", 2: "critical", 3: "error", 4: "warning", 5: "notice", 6: "info", 7: "debug"}
+# The agent's event names: "maintenance.enabled", "check.failing", "loki.push_failed".
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
+
+
+def level_of(priority: Any) -> str | None:
+    """Given a syslog priority (0..7, as a number or the journal's text), return its level name, or None."""
+    try:
+        return LEVELS.get(int(priority))
+    except (TypeError, ValueError):
+        return None
+
+
+def line_metadata(level: str | None, event: str | None = None) -> Metadata:
+    """The structured metadata of one line: its level and (the agent's lines only) its event name, when
+    known; an event that does not look like one of the agent's names is left out."""
+    pairs = []
+    if level:
+        pairs.append(("level", level))
+    if event and EVENT_NAME.fullmatch(event):
+        pairs.append(("event", event))
+    return tuple(pairs)
 
 
 def check_labels(labels: Labels) -> None:

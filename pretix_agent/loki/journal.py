@@ -42,7 +42,17 @@ from typing import Any
 from ..adapters.files import write_atomic
 from ..adapters.logs import get_logger
 from ..errors import FileWriteError
-from .entries import AGENT_UNIT, Entry, Labeler, SourceContext, line_size, normalize_unit
+from .entries import (
+    AGENT_UNIT,
+    Entry,
+    Labeler,
+    Metadata,
+    SourceContext,
+    level_of,
+    line_metadata,
+    line_size,
+    normalize_unit,
+)
 from .push import truncate_line
 
 CURSOR_FILE = "loki.cursor"
@@ -56,7 +66,8 @@ ONE_SHOT_TIMEOUT = 10.0
 # a missing journal): its restarts back off up to MAX_RESTART_DELAY.
 FAILED_AT_ONCE = 5.0
 MAX_RESTART_DELAY = 60.0
-FIELDS = ("MESSAGE", "_SYSTEMD_UNIT", "UNIT", "OBJECT_SYSTEMD_UNIT", "COREDUMP_UNIT", "_MACHINE_ID")
+FIELDS = ("MESSAGE", "_SYSTEMD_UNIT", "UNIT", "OBJECT_SYSTEMD_UNIT", "COREDUMP_UNIT", "_MACHINE_ID", "PRIORITY",
+          "PRETIX_AGENT_EVENT")
 # Where a unit's name can be, in the order we believe them: systemd's own lines about a unit ("Started
 # ...", "Failed with result ...") come from PID 1 with UNIT= set; `journalctl -u` matches all four.
 UNIT_FIELDS = ("_SYSTEMD_UNIT", "UNIT", "OBJECT_SYSTEMD_UNIT", "COREDUMP_UNIT")
@@ -101,6 +112,17 @@ def unit_of(fields: dict[str, Any], units: frozenset[str]) -> str | None:
             return value
     value = fields.get("_SYSTEMD_UNIT")
     return value if isinstance(value, str) else None
+
+
+def journal_metadata(fields: dict[str, Any], message: str, own: bool) -> Metadata:
+    """Given a journal entry's fields and text, return its structured metadata: the level from
+    PRIORITY and, for the agent's own lines (`own`), the event name: its PRETIX_AGENT_EVENT field, or,
+    for an event that reached the journal through the stream (with its `<N>` prefix, when the native
+    protocol refused it), the first word of the line."""
+    event = None
+    if own:
+        event = field_text(fields.get("PRETIX_AGENT_EVENT")) or message.split(" ", 1)[0]
+    return line_metadata(level_of(field_text(fields.get("PRIORITY"))), event)
 
 
 def journalctl_command(journalctl: Sequence[str], units: Sequence[str], extra_args: Sequence[str],
@@ -539,8 +561,9 @@ class JournalSource:
         if message.endswith("\n"):
             message = message.rstrip("\n")
         assert self.labeler is not None
-        labels = self.labeler.for_unit(unit_of(fields, self.unit_set))
-        return Entry(labels, timestamp_ns(realtime, cursor), message, line_size(message), cursor)
+        unit = unit_of(fields, self.unit_set)
+        return Entry(self.labeler.for_unit(unit), timestamp_ns(realtime, cursor), message, line_size(message), cursor,
+                     journal_metadata(fields, message, unit == self.units[0]))
 
     def _oversized_entry(self) -> Entry | None:
         """An entry too long to hold: read its small fields again without MESSAGE, keep a prefix."""
@@ -556,10 +579,11 @@ class JournalSource:
         if self.machine_id is not None and fields.get("_MACHINE_ID") not in (None, self.machine_id):
             return None
         assert self.labeler is not None
-        labels = self.labeler.for_unit(unit_of(fields, self.unit_set))
+        unit = unit_of(fields, self.unit_set)
         line = truncate_line(message_prefix(head, MAX_KEPT_MESSAGE), MAX_KEPT_MESSAGE, total)
         self.log.warning("loki.journal_entry_truncated", bytes=total, kept=MAX_KEPT_MESSAGE, cursor=cursor)
-        return Entry(labels, timestamp_ns(int(fields["__REALTIME_TIMESTAMP"]), cursor), line, line_size(line), cursor)
+        return Entry(self.labeler.for_unit(unit), timestamp_ns(int(fields["__REALTIME_TIMESTAMP"]), cursor), line,
+                     line_size(line), cursor, journal_metadata(fields, line, unit == self.units[0]))
 
     def _query_next_fields(self) -> dict[str, Any] | None:
         """Return the small fields of the entry after our position (one short journalctl run)."""

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from ..adapters.logs import render_journal
-from .entries import Entry, Labels, SourceContext, line_size
+from ..adapters.logs import PRIORITIES, render_journal
+from .entries import Entry, Labels, Metadata, SourceContext, level_of, line_metadata, line_size
 
 DEFAULT_MAX_LINES = 10_000
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
@@ -28,8 +28,8 @@ class MemorySource:
     def __init__(self, max_lines: int = DEFAULT_MAX_LINES, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_lines = max_lines
         self.max_bytes = max_bytes
-        # (ts_ns, line, size): labels are added when the shipper reads, since they depend on config.
-        self._queue: deque[tuple[int, str, int]] = deque()
+        # (ts_ns, line, size, metadata): labels are added when the shipper reads, since they depend on config.
+        self._queue: deque[tuple[int, str, int, Metadata]] = deque()
         self._bytes = 0
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -44,13 +44,14 @@ class MemorySource:
         """structlog processor: queue a copy of the event as one line; return the event unchanged."""
         try:
             line = render_journal(_logger, method, dict(event)).split(">", 1)[1]
+            metadata = line_metadata(level_of(PRIORITIES.get(method, 6)), str(event.get("event", "")))
         except Exception:  # a logging call must never fail because of shipping
             return event
-        self.put(line)
+        self.put(line, metadata=metadata)
         return event
 
-    def put(self, line: str, ts_ns: int | None = None) -> bool:
-        """Queue one line; return False (and count it) if the queue is full."""
+    def put(self, line: str, ts_ns: int | None = None, metadata: Metadata = ()) -> bool:
+        """Queue one line (with its structured metadata); return False (and count it) if the queue is full."""
         size = line_size(line)
         with self._lock:
             if len(self._queue) >= self.max_lines or self._bytes + size > self.max_bytes:
@@ -62,7 +63,7 @@ class MemorySource:
             if now <= self._last_ns:
                 now = self._last_ns + 1
             self._last_ns = now
-            self._queue.append((now, line, size))
+            self._queue.append((now, line, size, metadata))
             self._bytes += size
             self.queued_total += 1
         self._ready.set()
@@ -80,10 +81,10 @@ class MemorySource:
         taken = 0
         with self._lock:
             while self._queue and (not out or taken + self._queue[0][2] <= max_bytes):
-                ts_ns, line, size = self._queue.popleft()
+                ts_ns, line, size, metadata = self._queue.popleft()
                 self._bytes -= size
                 taken += size
-                out.append(Entry(self._labels, ts_ns, line, size))
+                out.append(Entry(self._labels, ts_ns, line, size, None, metadata))
             if not self._queue:
                 self._ready.clear()
         return out

@@ -1,9 +1,11 @@
 """Loki's push API over HTTP: the request, the credentials, and what each answer means.
 
 `POST {url}/loki/api/v1/push` with a gzipped JSON body
-`{"streams": [{"stream": {label: value}, "values": [["<ns>", "<line>"], ...]}]}`: one stream per
-label set, lines in the order they were logged. Timestamps are strings of nanoseconds, as Loki
-requires.
+`{"streams": [{"stream": {label: value}, "values": [["<ns>", "<line>", {metadata}], ...]}]}`: one
+stream per label set, lines in the order they were logged. Timestamps are strings of nanoseconds,
+as Loki requires. The third element, the line's structured metadata (`{"level": "error", "event":
+"check.failing"}`), is Loki 3's; with `[loki] structured_metadata = false` (an older Loki, which
+refuses it with 400) and for a line without any, values are the two-element `["<ns>", "<line>"]`.
 
 What an answer means for the batch (`classify`):
 - 2xx: accepted.
@@ -33,6 +35,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..config import LokiSection
@@ -54,21 +57,25 @@ HOLD_RETRY_CAP = 60.0
 # The request body.
 
 
-def group_streams(entries: Sequence[Entry]) -> dict[Labels, list[list[str]]]:
-    """Given entries in order, return their values per label set, streams in order of first line."""
-    streams: dict[Labels, list[list[str]]] = {}
+def group_streams(entries: Sequence[Entry], metadata: bool = True) -> dict[Labels, list[list[Any]]]:
+    """Given entries in order, return their values per label set, streams in order of first line;
+    with `metadata`, a line's structured metadata is its value's third element."""
+    streams: dict[Labels, list[list[Any]]] = {}
     for entry in entries:
         values = streams.get(entry.labels)
         if values is None:
             values = streams[entry.labels] = []
-        values.append([str(entry.ts_ns), entry.line])
+        if metadata and entry.metadata:
+            values.append([str(entry.ts_ns), entry.line, dict(entry.metadata)])
+        else:
+            values.append([str(entry.ts_ns), entry.line])
     return streams
 
 
-def build_body(entries: Sequence[Entry]) -> bytes:
+def build_body(entries: Sequence[Entry], metadata: bool = True) -> bytes:
     """Given entries in order, return the JSON push body (UTF-8, not yet compressed)."""
     document = {"streams": [{"stream": dict(labels), "values": values}
-                            for labels, values in group_streams(entries).items()]}
+                            for labels, values in group_streams(entries, metadata).items()]}
     # "replace": a lone surrogate in a logged string must not make the whole batch unencodable.
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
@@ -250,7 +257,7 @@ class PushClient:
     """Sends one body at a time over a kept-alive connection; every failure is a PushResult."""
 
     def __init__(self, url: str, tenant: str = "", credentials: Credentials | None = None,
-                 timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None):
+                 timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None, structured_metadata: bool = True):
         self.url = push_url(url)
         parts = urllib.parse.urlsplit(self.url)
         self.scheme = parts.scheme
@@ -267,6 +274,7 @@ class PushClient:
         self.update_credentials(credentials or Credentials())
         self.timeout = timeout
         self.ssl_context = ssl_context
+        self.structured_metadata = structured_metadata
         self._connection: http.client.HTTPConnection | None = None
 
     def update_credentials(self, credentials: Credentials) -> None:
@@ -297,7 +305,7 @@ class PushClient:
         """Send `entries` as one request; return what happened (never raises for network trouble)."""
         if self.credentials.problem:
             return PushResult(Outcome.HOLD, None, self.credentials.problem)
-        body = compress(build_body(entries))
+        body = compress(build_body(entries, self.structured_metadata))
         return self.push_body(body, timeout)
 
     def push_body(self, body: bytes, timeout: float | None = None) -> PushResult:

@@ -93,7 +93,8 @@ class LokiShipper:
         self.heartbeat = heartbeat or (lambda: None)
         self.rand = rand
         self.labeler = Labeler(section, node, own_unit or detect_own_unit())
-        self.client = client or PushClient(section.url, section.tenant, load_credentials(section), section.timeout)
+        self.client = client or PushClient(section.url, section.tenant, load_credentials(section), section.timeout,
+                                           structured_metadata=section.structured_metadata)
         self.backoff = Backoff(section.min_backoff, section.max_backoff, rand)
         self.log = get_logger()
         self._thread = threading.Thread(target=self._run, name="loki-shipper", daemon=True)

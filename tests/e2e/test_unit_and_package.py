@@ -29,6 +29,18 @@ def test_the_unit_file_scores_at_most_2_0_in_offline_systemd_analyze_security():
     assert exposure(result.stdout) <= MAX_EXPOSURE, result.stdout
 
 
+def test_the_metrics_textfile_drop_in_keeps_the_unit_at_most_2_0(tmp_path: Path):
+    units = tmp_path / "etc" / "systemd" / "system"
+    (units / "pretix-agent.service.d").mkdir(parents=True)
+    (units / "pretix-agent.service").write_text(UNIT.read_text())
+    drop_in = REPO / "conf" / "systemd" / "pretix-agent.service.d" / "metrics-textfile.conf"
+    (units / "pretix-agent.service.d" / drop_in.name).write_text(drop_in.read_text())
+    result = run("systemd-analyze", "security", "--offline=true", f"--root={tmp_path}", "--no-pager",
+                 "pretix-agent.service")
+    assert result.returncode == 0, result.stderr
+    assert exposure(result.stdout) <= MAX_EXPOSURE, result.stdout
+
+
 def test_the_unit_never_ships_the_test_hooks():
     text = UNIT.read_text()
     assert "PRETIX_AGENT_TEST" not in text
@@ -50,7 +62,7 @@ def test_lintian_pedantic_has_nothing_to_report(deb: Path):
 def test_the_package_depends_on_debians_python_libraries(deb: Path):
     depends = run("dpkg-deb", "-f", str(deb), "Depends").stdout
     for name in ("python3-watchdog", "python3-structlog", "python3-psycopg", "python3-redis", "python3-pydbus",
-                 "procps"):
+                 "python3-prometheus-client", "procps"):
         assert re.search(rf"(^|, ){re.escape(name)}\b", depends), (name, depends)
     assert "python3-sdnotify" not in depends  # our own sd_notify (pretix_agent/adapters/sdnotify.py)
     assert run("dpkg-deb", "-f", str(deb), "Architecture").stdout.strip() == "all"

@@ -13,6 +13,10 @@ Loki distributor + ingester does where our shipper can tell the difference:
   so is an entry longer than `max_line_bytes` (off by default) or older than the stream's newest
   entry minus `out_of_order_window` (Loki's unordered writes: max_chunk_age / 2 = 1 h by default);
   the rest of the request is stored, and the answer is 400 naming what was refused.
+- Structured metadata (Loki 3: the optional third element of a value, an object of strings) is
+  stored with its line (`metadata` in `lines()`); a name that is not a valid label name, or any
+  metadata at all with `allow_structured_metadata=False` (Loki 2.x, or a tenant without the
+  feature), refuses that entry as Loki does.
 - Exact duplicates (same tenant, stream labels, timestamp and line) are dropped silently and counted.
 - The tenant comes from `X-Scope-OrgID`; without it the tenant is "fake" (Loki's single-tenant
   name), or 401 with `require_tenant=True`. Optional basic or bearer credentials give 401 when wrong
@@ -63,6 +67,9 @@ from tests.ports import start_with_ports
 PUSH_PATH = "/loki/api/v1/push"
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Loki's (Prometheus's) rule, kept apart from the agent's
 DEFAULT_TENANT = "fake"
+# Loki's words when a tenant may not send structured metadata (pkg/validation).
+METADATA_DISALLOWED = ("stream '{stream}' includes structured metadata, but this feature is disallowed. Please see "
+                       "`limits_config.structured_metadata` or contact your Loki administrator to enable it.")
 
 
 class BadRequest(Exception):
@@ -261,7 +268,7 @@ class LokiReceiver:
                  out_of_order_window: float = 3600.0, require_tenant: bool = False,
                  basic_auth: tuple[str, str] | None = None, bearer_token: str | None = None,
                  verbose: bool = False, on_line: Callable[[dict[str, Any]], None] | None = None,
-                 count_only: bool = False):
+                 count_only: bool = False, allow_structured_metadata: bool = True):
         self.port = port
         self.max_body_bytes = max_body_bytes
         self.max_line_bytes = max_line_bytes
@@ -272,6 +279,7 @@ class LokiReceiver:
         self.verbose = verbose
         self.on_line = on_line
         self.count_only = count_only  # validate and count, keep nothing (benchmarks of a million lines)
+        self.allow_structured_metadata = allow_structured_metadata
         self.counted = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -474,6 +482,10 @@ class LokiReceiver:
                 key = (tenant, tuple(sorted((k, v) for k, v in labels.items() if v != "")))
                 state = self._streams.setdefault(key, _Stream())
                 for stamp, line, metadata in stream["entries"]:
+                    refused = self._metadata_problem(labels, metadata)
+                    if refused:
+                        problems.append(refused)
+                        continue
                     if self.max_line_bytes is not None and len(line.encode()) > self.max_line_bytes:
                         problems.append(f"Max entry size '{self.max_line_bytes}' bytes exceeded for stream "
                                         f"'{labels_text(labels)}' while adding an entry with length "
@@ -501,6 +513,17 @@ class LokiReceiver:
             for record in stored:
                 self.on_line(record)
         return problems
+
+
+    def _metadata_problem(self, labels: dict[str, str], metadata: dict[str, str]) -> str | None:
+        if not metadata:
+            return None
+        if not self.allow_structured_metadata:
+            return METADATA_DISALLOWED.format(stream=labels_text(labels))
+        for name in metadata:
+            if not LABEL_NAME.fullmatch(name):
+                return f"invalid structured metadata name {name!r} for stream {labels_text(labels)}"
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

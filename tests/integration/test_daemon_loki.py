@@ -43,6 +43,15 @@ def test_the_agents_events_arrive_with_their_labels(agent_factory, loki):
     assert agent.status()["loki"]["state"] in ("idle", "sending")
 
 
+def test_the_agents_events_carry_their_level_and_event_name_for_logql(agent_factory, loki):
+    agent = agent_factory(loki_config(loki))
+    assert ctl(agent.config, "lock", "--reason", "metadata").returncode == 0
+    wait_until(lambda: any("maintenance.enabled" in text for text in texts(loki)), message="maintenance.enabled")
+    by_event = {line["metadata"].get("event"): line["metadata"] for line in loki.lines(tenant="pretix")}
+    assert by_event["maintenance.enabled"] == {"level": "info", "event": "maintenance.enabled"}
+    assert by_event["agent.started"]["level"] == "info"
+
+
 def test_events_logged_during_a_loki_outage_arrive_after_it(agent_factory, loki):
     agent = agent_factory(loki_config(loki))
     wait_until(lambda: any("agent.started" in text for text in texts(loki)), message="agent.started in Loki")

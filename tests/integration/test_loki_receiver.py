@@ -71,6 +71,30 @@ def test_structured_metadata_is_accepted_and_kept(receiver):
     assert receiver.lines()[0]["metadata"] == {"trace_id": "t1"}
 
 
+def test_the_two_element_form_without_metadata_is_still_accepted(receiver):
+    assert post(receiver, {"streams": [stream({"a": "b"}, ("1", "x"), ("2", "y", {}))]})[0] == 204
+    assert [line["metadata"] for line in receiver.lines()] == [{}, {}]
+
+
+def test_metadata_that_is_not_an_object_of_strings_refuses_the_whole_request(receiver):
+    status, body = post(receiver, {"streams": [stream({"a": "b"}, ("1", "x", {"level": 3}))]})
+    assert status == 400 and "structured metadata must be an object of strings" in body
+
+
+def test_a_metadata_name_loki_would_refuse_refuses_that_entry(receiver):
+    status, body = post(receiver, {"streams": [stream({"a": "b"}, ("1", "bad", {"log-level": "x"}),
+                                                      ("2", "good", {"level": "info"}))]})
+    assert status == 400 and "invalid structured metadata name 'log-level'" in body
+    assert receiver.texts() == ["good"]
+
+
+def test_a_loki_without_structured_metadata_refuses_lines_that_carry_it_as_loki_2_does():
+    with LokiReceiver(allow_structured_metadata=False) as older:
+        status, body = post(older, {"streams": [stream({"a": "b"}, ("1", "x", {"level": "info"}), ("2", "y"))]})
+        assert status == 400 and "includes structured metadata, but this feature is disallowed" in body
+        assert older.texts() == ["y"]
+
+
 def test_a_numeric_timestamp_refuses_the_whole_request(receiver):
     status, body = post(receiver, {"streams": [stream({"a": "b"}, ("1", "ok")),
                                                {"stream": {"a": "c"}, "values": [[2, "x"]]}]})

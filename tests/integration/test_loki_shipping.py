@@ -126,6 +126,31 @@ def test_journal_lines_of_the_agent_and_the_configured_units_arrive_with_their_l
 
 
 @needs_journal
+def test_journal_lines_carry_their_level_and_the_agents_event_name_as_structured_metadata(ship, receiver, journal):
+    journal.append(["check.failing check=db"], unit=AGENT, priority=3, extra={"PRETIX_AGENT_EVENT": "check.failing"})
+    journal.append(["maintenance.marker_restored why=lock"], unit=AGENT, priority=4)  # via the stream: no field
+    journal.append(["Traceback (most recent call last):"], unit="pretix-web.service", priority=3)
+    journal.append(["GET /healthcheck/ 200"], unit="pretix-web.service", priority=6)
+    ship(units=("pretix-web",))
+    records = receiver.wait_for_lines(4)
+    assert [(r["line"].split(" ")[0], r["metadata"]) for r in records] == [
+        ("check.failing", {"level": "error", "event": "check.failing"}),
+        ("maintenance.marker_restored", {"level": "warning", "event": "maintenance.marker_restored"}),
+        ("Traceback", {"level": "error"}),
+        ("GET", {"level": "info"}),
+    ]
+
+
+@needs_journal
+def test_with_structured_metadata_off_an_older_loki_takes_every_line(ship, journal):
+    with LokiReceiver(allow_structured_metadata=False) as older:
+        journal.append(["check.failing check=db"], unit=AGENT, priority=3)
+        ship(url=older.url, structured_metadata=False)
+        records = older.wait_for_lines(1)
+        assert records[0]["metadata"] == {} and all(push.status == 204 for push in older.pushes())
+
+
+@needs_journal
 def test_entries_appended_while_following_are_shipped_within_a_batch_wait(ship, receiver, journal):
     shipper = ship()
     expected = []

@@ -50,7 +50,9 @@ EXAMPLES = {("agent", "node"): "pretix-app1", ("maintenance", "timezone"): ZoneI
             ("cluster", "dsn"): "host=10.0.0.10,10.0.0.11 dbname=pretix_agent user=pretix_agent "
                                 "target_session_attrs=read-write",
             ("cluster", "passfile"): Path("/run/credentials/pretix-agent.service/cluster-pgpass"),
-            ("cluster", "roles"): ("app",)}
+            ("cluster", "roles"): ("app",),
+            ("metrics", "listen"): "0.0.0.0:8998",
+            ("metrics", "textfile"): Path("/var/lib/prometheus/node-exporter/pretix-agent.prom")}
 
 # Keys shown as an alternative in prose rather than as a setting: they exclude one that is set.
 ALTERNATIVES = {("loki", "bearer_token_file")}

@@ -68,6 +68,31 @@ def test_unit_names_are_normalised_as_journalctl_does(unit, normal):
     assert entries.normalize_unit(unit) == normal
 
 
+@pytest.mark.parametrize(("priority", "level"), [
+    (0, "critical"), (2, "critical"), (3, "error"), (4, "warning"), (5, "notice"), ("6", "info"), ("7", "debug"),
+])
+def test_journal_priorities_become_level_names_grafana_knows(priority, level):
+    assert entries.level_of(priority) == level
+
+
+@pytest.mark.parametrize("priority", [None, "", "high", 8, -1])
+def test_a_priority_that_is_not_one_gives_no_level(priority):
+    assert entries.level_of(priority) is None
+
+
+def test_line_metadata_has_the_level_and_the_event_name():
+    assert entries.line_metadata("error", "check.failing") == (("level", "error"), ("event", "check.failing"))
+
+
+@pytest.mark.parametrize("event", ["Traceback", "", "GET /x", "check.", "Check.Failing", None])
+def test_line_metadata_leaves_out_what_is_not_an_event_name_of_the_agent(event):
+    assert entries.line_metadata("warning", event) == (("level", "warning"),)
+
+
+def test_line_metadata_of_a_line_without_a_level_is_empty():
+    assert entries.line_metadata(None, None) == ()
+
+
 def test_line_size_counts_utf8_bytes():
     assert entries.line_size("abc") == 3
     assert entries.line_size("Grüße") == 7

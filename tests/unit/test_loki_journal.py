@@ -87,6 +87,29 @@ def test_journalctl_is_asked_only_for_the_fields_we_use():
     assert set(fields.split("=", 1)[1].split(",")) == set(journal.FIELDS)
 
 
+def test_the_agents_journal_lines_carry_their_level_and_event_name_as_metadata():
+    fields = {"PRIORITY": "3", "PRETIX_AGENT_EVENT": "check.failing", "MESSAGE": "check.failing check=db"}
+    assert journal.journal_metadata(fields, "check.failing check=db", own=True) == (
+        ("level", "error"), ("event", "check.failing"))
+
+
+def test_an_agent_event_that_reached_the_journal_through_the_stream_is_named_by_its_first_word():
+    # The native protocol refused the datagram: the line went to stderr with its <4> prefix, which
+    # journald turned into PRIORITY=4; there is no PRETIX_AGENT_EVENT field.
+    metadata = journal.journal_metadata({"PRIORITY": "4"}, "maintenance.marker_restored why=lock", own=True)
+    assert metadata == (("level", "warning"), ("event", "maintenance.marker_restored"))
+
+
+def test_an_agent_line_that_is_no_event_carries_only_its_level():
+    assert journal.journal_metadata({"PRIORITY": "3"}, "Traceback (most recent call last):", own=True) == (
+        ("level", "error"),)
+
+
+def test_other_units_lines_carry_their_level_and_never_an_event():
+    fields = {"PRIORITY": "6", "PRETIX_AGENT_EVENT": "forged.event"}
+    assert journal.journal_metadata(fields, "check.failing of a look-alike", own=False) == (("level", "info"),)
+
+
 def test_cursor_file_is_read_back_and_anything_else_is_no_cursor(tmp_path):
     path = tmp_path / "loki.cursor"
     assert journal.read_cursor(path) is None

@@ -50,6 +50,16 @@ def test_tee_queues_the_event_as_the_journal_stores_it_and_logging_goes_on():
     assert dict(entry.labels) == {"host": "app1", "service_name": "pretix-agent"}
 
 
+def test_tee_gives_each_line_its_level_and_event_name_as_metadata():
+    source = started(MemorySource())
+    configure_with_tee(source, io.StringIO())
+    structlog.get_logger().error("check.failing", check="db")
+    structlog.get_logger().info("agent.started")
+    first, second = source.read(1 << 20, 0)
+    assert dict(first.metadata) == {"level": "error", "event": "check.failing"}
+    assert dict(second.metadata) == {"level": "info", "event": "agent.started"}
+
+
 def test_tee_sees_events_after_redaction_so_secrets_are_never_shipped():
     source = started(MemorySource())
     configure_with_tee(source, io.StringIO())

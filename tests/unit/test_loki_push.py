@@ -51,6 +51,22 @@ def test_body_is_utf8_json_and_survives_a_lone_surrogate():
     assert line.startswith("Grüße ") and line.endswith(" ✓")
 
 
+def test_a_line_with_metadata_is_sent_in_loki_3s_three_element_form():
+    entry = make_entry(AGENT, 1, "check.failing check=db", metadata=(("level", "error"), ("event", "check.failing")))
+    values = json.loads(push.build_body([entry, make_entry(AGENT, 2, "plain")]))["streams"][0]["values"]
+    assert values == [["1", "check.failing check=db", {"level": "error", "event": "check.failing"}], ["2", "plain"]]
+
+
+def test_with_structured_metadata_off_every_value_has_two_elements_for_an_older_loki():
+    entry = make_entry(AGENT, 1, "x", metadata=(("level", "info"),))
+    assert json.loads(push.build_body([entry], metadata=False))["streams"][0]["values"] == [["1", "x"]]
+
+
+def test_the_client_sends_metadata_unless_the_section_turns_it_off():
+    assert push.PushClient("http://loki:3100").structured_metadata
+    assert not push.PushClient("http://loki:3100", structured_metadata=False).structured_metadata
+
+
 def test_compressed_body_is_gzip_of_the_json():
     body = push.build_body([make_entry(AGENT, 1, "x" * 1000)])
     assert gzip.decompress(push.compress(body)) == body

@@ -32,6 +32,16 @@ class CheckState:
     # The latest probe that did not pass, kept until the check passes again: while a failing check
     # rises, `last` is already a pass, and "failing: HTTP 200" would tell an operator nothing.
     failure: ProbeResult | None = None
+    # Monotonic times (from the results' `at`; None where results carry none): when the latest
+    # result arrived, and when the check turned failing (None unless failing). haproxy's decision
+    # needs both to judge a failure over a whole backend (haproxy/decide.py).
+    probed_at: float | None = None
+    failing_since: float | None = None
+
+    def probe_failed(self) -> bool:
+        """True when failing, or when the latest probe failed although `fall` is not reached yet: a
+        server whose check just began to fail counts as failing when haproxy judges a backend."""
+        return self.state == FAILING or (self.last is not None and self.last.outcome == FAIL)
 
     def hard_failure(self) -> bool:
         """True when failing and the latest probe said the service is gone (not merely slow)."""
@@ -60,8 +70,10 @@ def advance(current: CheckState, result: ProbeResult, fall: int, rise: int) -> C
             state = current.state
     since = current.since_probe if state == current.state else probes
     failure = None if state == PASSING else result if result.outcome != PASS else current.failure
+    probed_at = result.at if result.at is not None else current.probed_at
+    failing_since = None if state != FAILING else current.failing_since if current.state == FAILING else result.at
     return CheckState(state=state, passes=passes, misses=misses, probes=probes, last=result, since_probe=since,
-                      failure=failure)
+                      failure=failure, probed_at=probed_at, failing_since=failing_since)
 
 
 def apply_results(states: Mapping[str, CheckState], results: Iterable[tuple[str, ProbeResult]],

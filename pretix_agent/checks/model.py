@@ -31,6 +31,10 @@ class ProbeResult:
     reason: str
     values: Mapping[str, Any] = field(default_factory=dict)
     hard: bool = False
+    # Monotonic time the result arrived (stamped by the daemon when it is delivered, not by the
+    # probe): haproxy's decision waits until every check of a backend has reported since the first
+    # one failed, and needs to know when each did.
+    at: float | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in (PASS, FAIL, UNKNOWN):

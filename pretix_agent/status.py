@@ -91,6 +91,7 @@ class Check:
     values: dict[str, Any] = field(default_factory=dict)
     probes: int = 0
     failure: str | None = None  # while failing: the reason of the failure, not of a rising probe
+    passes: int = 0  # consecutive passes so far (of `rise`, while not passing yet)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ class HaproxyServer:
     up: bool | None
     desired: str
     why: str
+    flap_level: int = 0  # flap damping: 0 none; n: a take-out now holds it out hold_down * 2**(n-1)
+    hold_seconds: float = 0.0  # while held out after a flap: the hold in all
+    hold_until: str | None = None  # ... and when it ends (ISO 8601, UTC)
+    checks: list[str] = field(default_factory=list)  # the checks gating it
+    local: bool = False  # this server is this node
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ class Haproxy:
     held: list[str] = field(default_factory=list)
     servers: list[HaproxyServer] = field(default_factory=list)
     taken_out: list[str] = field(default_factory=list)
+    shared: dict[str, str] = field(default_factory=dict)  # backend -> the shared cause that keeps its servers in
+    pending: bool = False  # the worker has not acted on the latest check states yet
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,15 @@ class Handover:
 
 
 def inputs_for(section: HaproxySection, checks: Mapping[str, CheckState], drain: str | None) -> Inputs:
-    gating = {name for server in section.servers for name in server.checks}
+    gating = {name for server in section.servers for name in (*server.checks, *server.shared_checks)}
     local = any(server.local for server in section.servers)
     return Inputs({name: state for name, state in checks.items() if name in gating}, drain if local else None)
+
+
+def report_within(config: Config) -> dict[str, float]:
+    """Per check, the longest time between two of its results: a probe starts every interval and
+    reports within its timeout."""
+    return {spec.name: spec.interval + spec.timeout for spec in config.checks}
 
 
 def hand_over(seen: Observed) -> Handover:
@@ -66,6 +72,7 @@ class HaproxyControl(Controller[Observed, Handover]):
         super().__init__(services)
         self.settings: HaproxySection | None = None
         self.state_dir: Path | None = None
+        self.within: dict[str, float] = {}
         self.worker: HaproxyWorker | None = None
         self.report: Report | None = None
         self.handed: Inputs | None = None
@@ -85,16 +92,17 @@ class HaproxyControl(Controller[Observed, Handover]):
         problems = self.check(config)
         if problems:
             raise ConfigError(problems)
-        new, state_dir = config.haproxy, config.agent.state_dir
-        if (new, state_dir) == (self.settings, self.state_dir):
+        new, state_dir, within = config.haproxy, config.agent.state_dir, report_within(config)
+        if (new, state_dir, within) == (self.settings, self.state_dir, self.within):
             return Swap()
         worker = None
         if new is not None:
-            worker = HaproxyWorker(new, state_dir, self._reported, self.services.emit, lambda: None)
+            worker = HaproxyWorker(new, state_dir, self._reported, self.services.emit, lambda: None, within)
 
         def commit() -> None:
             self._stop_worker()
             self.settings, self.state_dir, self.worker, self.report, self.handed = new, state_dir, worker, None, None
+            self.within = within
             if worker is not None:
                 assert new is not None
                 beat = Worker("haproxy", worker.alive, new.interval + 3 * new.timeout + 5)
@@ -133,10 +141,11 @@ class HaproxyControl(Controller[Observed, Handover]):
             return None
         report = self.report
         if report is None:
-            return status.Haproxy(socket=self.settings.socket)
+            return status.Haproxy(socket=self.settings.socket, pending=True)
         return status.Haproxy(socket=self.settings.socket, reachable=report.reachable, error=report.error,
                               process=report.process, sentence=report.sentence, held=report.held,
-                              servers=report.servers, taken_out=report.taken_out)
+                              servers=report.servers, taken_out=report.taken_out, shared=report.shared,
+                              pending=report.generation != self.generation)
 
     def _stop_worker(self) -> None:
         if self.worker is not None:

@@ -17,7 +17,9 @@ logging. The rules (SPEC 5):
     "At once" needs a settle time: a soft failure waits until every check of its backend has
     reported since the first of them turned failing, at most one report period (interval plus
     timeout) of the slowest, so the other servers' checks have had their say.
-  Status and one event per episode name the cause.
+  Status and one event per episode name the cause. Servers recover one after the other too: when
+  an episode ends, the servers still failing get the same settle time, and a server whose checks
+  pass again (rising towards `rise`) is never taken out for a soft failure: it is on its way back.
 - A fast return: a server the agent took out comes back as soon as its checks pass again (their
   `rise`). Only a server that flaps is damped: taken out again within `flap_window`, it is held out
   `hold_down`, twice as long each further time (at most `hold_down_max`); each quiet
@@ -34,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..checks.health import FAILING, PASSING, CheckState
+from ..checks.model import PASS
 from ..config import HaproxySection, HaproxyServer
 from ..events import Event
 
@@ -73,6 +76,7 @@ class Memory:
     held: frozenset[Key] = frozenset()  # servers the guard keeps in, reported once per episode
     damping: Mapping[Key, Damping] = field(default_factory=dict)
     shared: Mapping[str, str] = field(default_factory=dict)  # backend -> the shared cause reported (per episode)
+    shared_ended: Mapping[str, float] = field(default_factory=dict)  # backend -> when its last episode ended
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class Decision:
     deferred: bool = False  # something waits (settling, a flap's hold, the rate limit): look again soon
     wake_at: float | None = None  # monotonic: when what waits is due (None: at the next interval)
     shared: Mapping[str, str] = field(default_factory=dict)  # backend -> shared cause now
+    shared_ended: Mapping[str, float] = field(default_factory=dict)  # backend -> when its last episode ended
 
 
 @dataclass(frozen=True)
@@ -144,11 +149,17 @@ def _verdict(server: HaproxyServer, checks: Mapping[str, CheckState], drain_loca
     return _Verdict(server, "none", False, f"no verdict yet from {', '.join(undecided)}")
 
 
+def _rising(server: HaproxyServer, checks: Mapping[str, CheckState]) -> bool:
+    """Whether every failing check of `server` passed its latest probe: it is on its way back."""
+    failing = [_state(checks, name) for name in server.checks if _state(checks, name).state == FAILING]
+    return bool(failing) and all(state.last is not None and state.last.outcome == PASS for state in failing)
+
+
 def _judge(backend: str, managed: Sequence[HaproxyServer], candidates: Sequence[HaproxyServer],
            checks: Mapping[str, CheckState], actual: Mapping[Key, Actual], report_within: Mapping[str, float],
-           default_within: float, now: float) -> _Judgement:
+           default_within: float, now: float, ended: float | None) -> _Judgement:
     """Judge the soft failures of `candidates` (ready servers of `backend` whose checks fail softly)
-    over the whole backend."""
+    over the whole backend. `ended` is when the backend's last shared-cause episode ended, if it did."""
     suffering = [s for s in managed if any(_state(checks, name).probe_failed() for name in s.checks)]
     in_rotation = {name for (b, name), state in actual.items() if b == backend and state.admin == READY and state.up}
     population = in_rotation | {s.server for s in suffering}
@@ -163,7 +174,9 @@ def _judge(backend: str, managed: Sequence[HaproxyServer], candidates: Sequence[
     starts = [since for s in candidates for name in s.checks
               if (since := _state(checks, name).failing_since) is not None]
     if starts:
-        first = min(starts)
+        # After an episode the servers recover one by one; the laggards are judged only once
+        # everyone has reported since it ended.
+        first = max(min(starts), ended if ended is not None else float("-inf"))
         until = first + max((report_within.get(name, default_within) for name in watched), default=default_within)
         behind = [name for name in watched if (_state(checks, name).probed_at or float("-inf")) < first]
         if behind and now < until:
@@ -218,13 +231,22 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
 
     backends = sorted({server.backend for server in section.servers})
     judgements: dict[str, _Judgement] = {}
+    ended = {backend: when for backend, when in memory.shared_ended.items() if now - when < RATE_WINDOW}
+    rising = {(v.server.backend, v.server.server) for v in verdicts
+              if v.kind == "fail" and not v.hard and _rising(v.server, checks)}
     for backend in backends:
         candidates = [v.server for v in verdicts if v.server.backend == backend and v.kind == "fail" and not v.hard
+                      and (backend, v.server.server) not in rising
                       and (current := actual.get((backend, v.server.server))) is not None and current.admin == READY]
         if candidates:
             managed = [s for s in section.servers if s.backend == backend]
-            judgements[backend] = _judge(backend, managed, candidates, checks, actual, within, section.interval, now)
+            judgement = _judge(backend, managed, candidates, checks, actual, within, section.interval, now,
+                               ended.get(backend))
+            if judgement.cause is None and backend in memory.shared:  # the episode ends now: settle again
+                judgement = _judge(backend, managed, candidates, checks, actual, within, section.interval, now, now)
+            judgements[backend] = judgement
     shared = {backend: j.cause for backend, j in judgements.items() if j.cause is not None}
+    ended.update({backend: now for backend in memory.shared if backend not in shared})
 
     actions: list[SetState] = []
     events: list[Event] = []
@@ -255,6 +277,8 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
             need = section.min_ready if hard else max(section.min_ready, 1)
             if kind == "fail" and not hard and judgement.cause is not None:
                 because = f"{why}; {judgement.cause}"
+            elif key in rising:
+                because = f"{why}; passing again: not taken out on its way back"
             elif kind == "fail" and not hard and judgement.settling_until is not None:
                 deferred = True
                 waits.append(judgement.settling_until)
@@ -328,7 +352,7 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
     else:
         sentence = f"haproxy: {len(reports)} server(s) as desired"
     return Decision(tuple(actions), tuple(events), tuple(reports), frozenset(held), sentence, deferred,
-                    min(waits) if waits else None, shared)
+                    min(waits) if waits else None, shared, ended)
 
 
 def remember(memory: Memory, decision: Decision, applied: Sequence[SetState], now: float,
@@ -363,4 +387,5 @@ def remember(memory: Memory, decision: Decision, applied: Sequence[SetState], no
                if d.out_at is not None and (now - d.out_at < window or decayed(d, now, window))}
     changes = tuple(c for c in memory.changes if now - c[0] < RATE_WINDOW) + tuple(
         (now, a.backend, a.server) for a in applied)
-    return Memory(frozenset(taken_out), changes, decision.held, damping, dict(decision.shared))
+    return Memory(frozenset(taken_out), changes, decision.held, damping, dict(decision.shared),
+                  dict(decision.shared_ended))

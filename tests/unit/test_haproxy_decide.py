@@ -238,6 +238,32 @@ def test_a_shared_cause_is_one_event_per_episode_and_its_end_another():
                                                    "redis failing: 2 of 2 servers failing, none taken out")
 
 
+def rising(since, at):
+    """A failing check (since `since`) whose latest probe, at `at`, passed: on its way back."""
+    return CheckState("failing", passes=1, last=passed("HTTP 200", at=at), failure=failed("HTTP 500"), probed_at=at,
+                      failing_since=since)
+
+
+def test_servers_recovering_one_after_the_other_after_a_shared_cause_are_not_taken_out():
+    config = section()
+    both = {"web-app1": failing(100.0), "web-app2": failing(100.02)}
+    first = decide(config, both, ALL_READY, Memory(), 100.02, report_within=dict.fromkeys(both, WITHIN))
+    memory = remember(Memory(), first, [], 100.02, config)
+    # app1 has risen; app2 passed once, its rise not reached yet: on its way back, never out.
+    back = {"web-app1": passing(110.5), "web-app2": rising(100.02, 110.52)}
+    decision = decide(config, back, ALL_READY, memory, 110.52, report_within=dict.fromkeys(both, WITHIN))
+    assert decision.actions == () and [e.name for e in decision.events] == ["haproxy.shared_cause_ended"]
+    assert "passing again: not taken out on its way back" in report(decision, "app2").why
+    # app2's latest probe still failed when the episode ended: it gets a settle time from the end.
+    laggard = {"web-app1": passing(110.5), "web-app2": failing(100.02, at=110.3)}
+    ended = decide(config, laggard, ALL_READY, memory, 110.52, report_within=dict.fromkeys(both, WITHIN))
+    assert ended.actions == () and ended.wake_at == 110.52 + WITHIN and ended.shared_ended == {"pretix": 110.52}
+    memory = remember(memory, ended, [], 110.52, config)
+    still = {"web-app1": passing(111.0), "web-app2": failing(100.02, at=111.3)}  # reported since: alone, out
+    assert [a.server for a in decide(config, still, ALL_READY, memory, 111.3,
+                                     report_within=dict.fromkeys(both, WITHIN)).actions] == ["app2"]
+
+
 def test_a_lagging_replica_goes_out_to_its_backup_primary_with_its_sessions_shut():
     # listen pretix_replica: server replica (gated by its postgres check), server primary backup
     config = section(servers=("replica",), shutdown_sessions=True, backend="pretix_replica")

@@ -3,7 +3,10 @@
 Every Runtime API exchange may block up to its timeout, so the exchanges happen on the worker's
 thread (worker.py); the loop only hands over what changed (numbered) and reads back the worker's
 report. A report decided on older inputs is not passed off as current: until the worker has acted
-on the latest check states, the sentence says it is acting on them.
+on the latest check states, the sentence says it is acting on them. New inputs that differ from
+the report's only in a probe's details (a latency, the time it arrived) keep its sentence: every
+probe hands new inputs over, and a sentence flipping to "acting" and back twice per probe would
+log `loop.decided` twice per probe.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Observed:
     handed: Inputs | None  # what the worker has
     generation: int  # of `handed`
     report: Report | None
+    reported: Inputs | None = None  # the inputs `report` was decided on, if still known
 
 
 @dataclass(frozen=True)
@@ -53,15 +57,22 @@ def report_within(config: Config) -> dict[str, float]:
     return {spec.name: spec.interval + spec.timeout for spec in config.checks}
 
 
+def verdicts(inputs: Inputs) -> tuple[object, ...]:
+    """What a decision turns on: each check's state and its latest probe's outcome, and the drain."""
+    return (sorted((name, state.state, state.last.outcome if state.last else None)
+                   for name, state in inputs.checks.items()), inputs.drain)
+
+
 def hand_over(seen: Observed) -> Handover:
     """Pure: whether the worker needs new inputs, and the sentence that is true right now."""
-    if seen.inputs != seen.handed:
-        return Handover(seen.inputs, seen.generation + 1, "haproxy: acting on new check states")
-    if seen.report is None:
-        return Handover(None, seen.generation, "haproxy: not looked at yet")
-    if seen.report.generation != seen.generation:
-        return Handover(None, seen.generation, "haproxy: acting on new check states")
-    return Handover(None, seen.generation, seen.report.sentence)
+    inputs, generation = (seen.inputs, seen.generation + 1) if seen.inputs != seen.handed else (None, seen.generation)
+    report = seen.report
+    if report is None:
+        return Handover(inputs, generation, "haproxy: not looked at yet")
+    if report.generation == generation or (
+            seen.reported is not None and verdicts(seen.reported) == verdicts(seen.inputs)):
+        return Handover(inputs, generation, report.sentence)
+    return Handover(inputs, generation, "haproxy: acting on new check states")
 
 
 class HaproxyControl(Controller[Observed, Handover]):
@@ -77,6 +88,7 @@ class HaproxyControl(Controller[Observed, Handover]):
         self.report: Report | None = None
         self.handed: Inputs | None = None
         self.generation = 0
+        self.sent: dict[int, Inputs] = {}  # generation -> the inputs handed with it, until reported on
 
     @classmethod
     def check(cls, config: Config) -> list[ConfigProblem]:
@@ -102,6 +114,7 @@ class HaproxyControl(Controller[Observed, Handover]):
         def commit() -> None:
             self._stop_worker()
             self.settings, self.state_dir, self.worker, self.report, self.handed = new, state_dir, worker, None, None
+            self.sent = {}
             self.within = within
             if worker is not None:
                 assert new is not None
@@ -120,7 +133,11 @@ class HaproxyControl(Controller[Observed, Handover]):
 
     def observe(self, facts: Facts) -> Observed:
         assert self.settings is not None
-        return Observed(inputs_for(self.settings, facts.checks, facts.drain), self.handed, self.generation, self.report)
+        report = self.report
+        if report is not None:  # older generations will never be reported on again
+            self.sent = {number: inputs for number, inputs in self.sent.items() if number >= report.generation}
+        return Observed(inputs_for(self.settings, facts.checks, facts.drain), self.handed, self.generation, report,
+                        self.sent.get(report.generation) if report is not None else None)
 
     def decide(self, observation: Observed) -> Handover:
         return hand_over(observation)
@@ -128,6 +145,7 @@ class HaproxyControl(Controller[Observed, Handover]):
     def act(self, decision: Handover, facts: Facts) -> Facts:
         if decision.inputs is not None and self.worker is not None:
             self.handed, self.generation = decision.inputs, decision.generation
+            self.sent[decision.generation] = decision.inputs
             self.worker.update(decision.inputs.checks, decision.inputs.drain, decision.generation)
         return facts
 

@@ -9,7 +9,7 @@ import pytest
 
 from pretix_agent import config as config_module
 from pretix_agent.checks.health import CheckState
-from pretix_agent.checks.model import failed
+from pretix_agent.checks.model import failed, passed
 from pretix_agent.controller import Facts, Services
 from pretix_agent.haproxy import controller as haproxy_module
 from pretix_agent.haproxy.controller import HaproxyControl, Inputs, Observed, hand_over, inputs_for
@@ -60,6 +60,18 @@ def test_new_inputs_are_handed_over_and_the_old_report_is_not_passed_off_as_curr
     assert (waiting.inputs, waiting.sentence) == (None, "haproxy: acting on new check states")
     current = hand_over(Observed(inputs, inputs, 4, report(4, "haproxy: set pretix/app1 maint")))
     assert (current.inputs, current.sentence) == (None, "haproxy: set pretix/app1 maint")
+
+
+def test_new_inputs_that_differ_only_in_probe_details_keep_the_reports_sentence():
+    # Every probe hands new inputs over (its latency, its time); the sentence must not flip to
+    # "acting" and back each time, or loop.decided is logged twice per probe.
+    first = Inputs({"web1": FAILING}, None)
+    again = Inputs({"web1": CheckState(state="failing", last=failed("HTTP 500 (again)"), probed_at=7.0)}, None)
+    step = hand_over(Observed(again, first, 4, report(4, "haproxy: set pretix/app1 maint"), first))
+    assert (step.inputs, step.generation, step.sentence) == (again, 5, "haproxy: set pretix/app1 maint")
+    passing = Inputs({"web1": CheckState(state="failing", passes=1, last=passed("HTTP 200"))}, None)
+    rising = hand_over(Observed(passing, first, 4, report(4, "haproxy: set pretix/app1 maint"), first))
+    assert rising.sentence == "haproxy: acting on new check states"  # its latest outcome changed
 
 
 class FakeWorker:

@@ -235,8 +235,9 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
     rising = {(v.server.backend, v.server.server) for v in verdicts
               if v.kind == "fail" and not v.hard and _rising(v.server, checks)}
     for backend in backends:
+        # A rising server is never taken out, but stays a candidate: a probe that passes now and then
+        # during an outage must not end and restart the shared cause's episode each time.
         candidates = [v.server for v in verdicts if v.server.backend == backend and v.kind == "fail" and not v.hard
-                      and (backend, v.server.server) not in rising
                       and (current := actual.get((backend, v.server.server))) is not None and current.admin == READY]
         if candidates:
             managed = [s for s in section.servers if s.backend == backend]

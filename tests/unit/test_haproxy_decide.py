@@ -264,6 +264,16 @@ def test_servers_recovering_one_after_the_other_after_a_shared_cause_are_not_tak
                                      report_within=dict.fromkeys(both, WITHIN)).actions] == ["app2"]
 
 
+def test_a_probe_that_passes_now_and_then_during_an_outage_does_not_end_its_episode():
+    config = section(shared=("redis",))
+    sick = {"web-app1": failing(100.0), "web-app2": failing(100.02), "redis": failing(98.0)}
+    first = decide(config, sick, ALL_READY, Memory(), 100.02)
+    memory = remember(Memory(), first, [], 100.02, config)
+    flicker = {**sick, "web-app2": rising(100.02, 101.0)}
+    decision = decide(config, flicker, ALL_READY, memory, 101.0)
+    assert decision.events == () and decision.shared == first.shared and decision.actions == ()
+
+
 def test_a_lagging_replica_goes_out_to_its_backup_primary_with_its_sessions_shut():
     # listen pretix_replica: server replica (gated by its postgres check), server primary backup
     config = section(servers=("replica",), shutdown_sessions=True, backend="pretix_replica")

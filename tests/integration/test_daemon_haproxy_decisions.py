@@ -74,6 +74,12 @@ def changes(agent) -> list[str]:
         r"haproxy\.server_state_changed backend=(\S+) server=(\S+) state=(\S+)", agent.log())]
 
 
+def wait_changes(agent, expected: list[str]) -> None:
+    """Wait until the agent has logged exactly `expected`: each change is logged right after haproxy
+    accepted it, so a test that saw haproxy's new state waits for the line rather than race it."""
+    wait_until(lambda: changes(agent) == expected, message=lambda: f"changes {expected}; logged: {changes(agent)}")
+
+
 # --------------------------------------------------------------------------------------------- shared causes
 
 
@@ -134,7 +140,7 @@ def test_one_server_failing_alone_goes_out_after_the_others_have_reported(agent_
     agent = agent_factory(agent_config(hx))
     agent.wait_status(all_passing)
     hx.backends["app1"].error(500)
-    wait_until(lambda: changes(agent) == ["app1 maint"], message="app1 out, logged")
+    wait_changes(agent, ["app1 maint"])
     assert (admin(hx, "app1"), admin(hx, "app2")) == ("maint", "ready")
     assert agent.status()["haproxy"]["shared"] == {}
 
@@ -151,7 +157,7 @@ def test_a_slow_server_goes_out_and_returns_as_soon_as_its_checks_pass_again(age
     hx.backends["app1"].revive()
     agent.wait_status(lambda d: d["checks"]["web-app1"]["state"] == "passing")
     wait_until(lambda: admin(hx, "app1") == "ready", timeout=10, message="app1 back after rise, not after hold_down")
-    assert changes(agent) == ["app1 maint", "app1 ready"]
+    wait_changes(agent, ["app1 maint", "app1 ready"])
 
 
 def test_a_flapping_server_is_held_out_and_status_shows_the_hold_and_its_end(agent_factory, hx):
@@ -179,7 +185,7 @@ def test_a_flapping_server_is_held_out_and_status_shows_the_hold_and_its_end(age
     shown = ctl(agent.config, "status")
     assert "[flap damping: held out 6 s, until " in shown.stdout, shown.stdout
     wait_until(lambda: admin(hx, "app1") == "ready", timeout=15, message="app1 back when its hold ends")
-    assert changes(agent) == ["app1 maint", "app1 ready", "app1 maint", "app1 ready"]
+    wait_changes(agent, ["app1 maint", "app1 ready", "app1 maint", "app1 ready"])
 
 
 # --------------------------------------------------------------------------------------------- ctl drain / ready
@@ -311,6 +317,6 @@ def test_a_stopped_replica_sends_new_connections_to_the_primary_and_returns_afte
     wait_until(lambda: admin(hx, "replica", "pretix_replica") == "ready", timeout=15,
                message="the replica back after rise")
     assert reads_from_replica(hx)
-    assert changes(agent) == ["replica maint", "replica ready"]
+    wait_changes(agent, ["replica maint", "replica ready"])
     persistent.close()
 

@@ -29,6 +29,12 @@ reconcile cycle costs on a large farm.
    real haproxy with 1,000 servers, when nothing differs and when 10% must change, beside the bare
    `show servers state` round trip and a naive reconciler that sets every server's state
    unconditionally, measured in the same run.
+4. Soft failures, both variants in the same run: (a) an overload: one backend answers OVERLOAD_DELAY
+   s late (its checks time out) for OVERLOAD_SECONDS, then serves again; measured: whether and how
+   long it was out of rotation, and from its recovery to back in rotation (the agent: its check's
+   rise, no hold-down the first time). (b) a shared cause: every backend answers 500 for
+   SHARED_SECONDS (pretix's /healthcheck/ with Redis gone); measured: the most servers out of
+   rotation at once, and the seconds with none usable (haproxy then answers 503 itself).
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ POLL_STEP = 0.002  # between two `show servers state` polls while waiting for th
 LOAD_THREADS = 4
 LOAD_BEFORE, LOAD_AFTER = 1.0, 7.0  # s around the kill; 7 s covers haproxy's worst case (fall x inter = 6 s)
 LOAD_MAX_REQUESTS = 200_000
+
+OVERLOAD_DELAY, OVERLOAD_SECONDS = 3.0, 4.0
+SHARED_SECONDS = 9.0  # longer than haproxy's fall x inter (6 s), so its own checks act
 
 FARM_BACKENDS, FARM_PER_BACKEND = 4, 250  # 1,000 servers
 FARM_CHANGED_EVERY = 10  # every 10th server's gating check fails hard: 10% must change
@@ -106,13 +115,15 @@ timeout = "{int(TIMEOUT * 1000)}ms"
 fall = {FALL}
 rise = {RISE}
 """
-    # hold_down and max_changes_per_minute are loosened so that putting the revived server back
-    # between trials is not damped; hard failures (what is measured) act at once regardless.
+    # The trials take each server out again and again: a flap_window shorter than the time between
+    # two trials keeps flap damping out of the figures (every take-out is a first one), and the
+    # rate limit is loosened. Hard failures (the kills) act at once regardless.
     text += f"""
 [haproxy]
 socket = "{hx.admin_socket}"
 interval = "{int(HAPROXY_INTERVAL * 1000)}ms"
 hold_down = "1s"
+flap_window = "1s"
 max_changes_per_minute = 10000
 min_ready = 1
 state_file = "{hx.state_file}"
@@ -399,6 +410,74 @@ def _agent_check_flood(quick: bool) -> dict:
             "meets_target": all(run["answered"] == run["polls"] for run in results.values())}
 
 
+def _watch_usable(variant: Variant, stop: threading.Event, samples: list[tuple[float, set[str]]]) -> None:
+    """Until `stop`: (monotonic time, the servers usable in haproxy) every few milliseconds."""
+    api = variant.api
+    while not stop.is_set():
+        try:
+            states = {s.server: s for s in api.servers_state(BACKEND)}
+        except Exception:  # a slow answer under load: skip the sample
+            continue
+        samples.append((time.monotonic(), {name for name, state in states.items() if _usable(state)}))
+        time.sleep(0.01)
+
+
+def _soft_trial(variant: Variant, break_backends, seconds: float, after: float) -> tuple[float, list]:
+    """Break backends for `seconds` (soft), watch haproxy until `after` s past the recovery; return
+    the recovery's monotonic time and the samples."""
+    variant.settle()
+    samples: list[tuple[float, set[str]]] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_usable, args=(variant, stop, samples), daemon=True)
+    watcher.start()
+    break_backends()
+    time.sleep(seconds)
+    for backend in variant.hx.backends.values():
+        backend.revive()
+    recovered = time.monotonic()
+    time.sleep(after)
+    stop.set()
+    watcher.join(5)
+    return recovered, samples
+
+
+def _soft_failures(quick: bool) -> dict:
+    trials = 1 if quick else 3
+    after = HX_INTER * HX_RISE + 4.0  # haproxy's own checks need rise x inter to take it back
+    overload: dict[str, list[dict]] = {}
+    shared: dict[str, list[dict]] = {}
+    for name in ("agent", "haproxy_checks"):
+        with tempfile.TemporaryDirectory(prefix="pa-bench-soft-") as directory, \
+                Variant(name, Path(directory)) as variant:
+            overload[name], shared[name] = [], []
+            for _ in range(trials):
+                recovered, samples = _soft_trial(variant, lambda v=variant: v.hx.backends["app1"].slow(OVERLOAD_DELAY),
+                                                 OVERLOAD_SECONDS, after)
+                out = [t for t, usable in samples if "app1" not in usable]
+                back = next((t for t, usable in samples if t >= recovered and "app1" in usable), None)
+                overload[name].append({
+                    "taken_out": bool(out), "out_s": round(out[-1] - out[0], 3) if out else 0.0,
+                    "back_s_after_recovery": round(back - recovered, 3) if back is not None and out else None})
+
+                def everyone(v=variant) -> None:
+                    for backend in v.hx.backends.values():
+                        backend.error(500)
+
+                recovered, samples = _soft_trial(variant, everyone, SHARED_SECONDS, after)
+                none_usable = [t for t, usable in samples if not usable]
+                shared[name].append({
+                    "most_out_at_once": max((2 - len(usable) for _, usable in samples), default=0),
+                    "none_usable_s": round(none_usable[-1] - none_usable[0], 3) if none_usable else 0.0})
+    back = {name: [t["back_s_after_recovery"] for t in runs if t["back_s_after_recovery"] is not None]
+            for name, runs in overload.items()}
+    agent_back = ratio(percentiles(back["agent"])["p50"], RISE * INTERVAL) if back["agent"] else None
+    return {
+        "overload": {"delay_s": OVERLOAD_DELAY, "seconds": OVERLOAD_SECONDS, "trials": overload,
+                     "agent_back_p50_ratio_to_rise_x_interval": agent_back},
+        "shared_500": {"seconds": SHARED_SECONDS, "trials": shared},
+    }
+
+
 # ----------------------------------------------------------------------------- 1,000 servers
 
 
@@ -517,11 +596,13 @@ def run(quick: bool = False) -> dict:
     started = time.monotonic()
     kill_to_out, load, reload_repair = _failover(quick)
     agent_check = {"reaction": _agent_check_reaction(quick), "flood": _agent_check_flood(quick)}
+    soft = _soft_failures(quick)
     reconcile = _reconcile(quick)
     return {
         "config": {
             "agent": {"check_interval_s": INTERVAL, "check_timeout_s": TIMEOUT, "fall": FALL, "rise": RISE,
-                      "haproxy_interval_s": HAPROXY_INTERVAL, "hold_down_s": 1.0, "haproxy_own_checks": False},
+                      "haproxy_interval_s": HAPROXY_INTERVAL, "hold_down_s": 1.0, "flap_window_s": 1.0,
+                      "haproxy_own_checks": False},
             "haproxy_checks": {"inter_s": HX_INTER, "fall": HX_FALL, "rise": HX_RISE, "agent": False},
             "poll_step_s": POLL_STEP,
             "load": {"threads": LOAD_THREADS, "before_kill_s": LOAD_BEFORE, "after_kill_s": LOAD_AFTER,
@@ -531,6 +612,7 @@ def run(quick: bool = False) -> dict:
         "failed_requests_during_kill": load,
         "reload_repair": reload_repair,
         "agent_check": agent_check,
+        "soft_failures": soft,
         "reconcile_1000_servers": reconcile,
         "wall_seconds": round(time.monotonic() - started, 1),
     }

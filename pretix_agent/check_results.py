@@ -30,6 +30,10 @@ class ProbeResult:
     values: Mapping[str, Any] = field(default_factory=dict)
     hard: bool = False
     seconds: float | None = None  # how long the probe took; the runner measures it, probes leave it None
+    # Monotonic time the result arrived (stamped by the daemon when it is delivered, not by the
+    # probe): haproxy's decision waits until every check of a backend has reported since the first
+    # one failed, and needs to know when each did.
+    at: float | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in (PASS, FAIL, UNKNOWN):
@@ -63,6 +67,16 @@ class CheckState:
     # The latest probe that did not pass, kept until the check passes again: while a failing check
     # rises, `last` is already a pass, and "failing: HTTP 200" would tell an operator nothing.
     failure: ProbeResult | None = None
+    # Monotonic times (from the results' `at`; None where results carry none): when the latest
+    # result arrived, and when the check turned failing (None unless failing). haproxy's decision
+    # needs both to judge a failure over a whole backend (haproxy/decide.py).
+    probed_at: float | None = None
+    failing_since: float | None = None
+
+    def probe_failed(self) -> bool:
+        """True when failing, or when the latest probe failed although `fall` is not reached yet: a
+        server whose check just began to fail counts as failing when haproxy judges a backend."""
+        return self.state == FAILING or (self.last is not None and self.last.outcome == FAIL)
 
     def hard_failure(self) -> bool:
         """True when failing and the latest probe said the service is gone (not merely slow)."""

@@ -482,6 +482,9 @@ SCHEMA = Table("", {
         "lock": Key(_absolute_path, Derived("maintenance.lock"),
                     "While it exists, maintenance is on (`pretix-agentctl lock`, or `touch`)."),
         "timezone": Key(_timezone, zoneinfo.ZoneInfo("UTC"), "IANA timezone of the windows."),
+        "on_failing": Key(_string_list, (), "Checks (of shared dependencies, such as Redis) that close the shop "
+                          "while one fails: maintenance is on with cause `check:NAME` and ends by itself when the "
+                          "check passes again (its `rise`); the lock is never touched. Default: none."),
         "window": TableArray("Weekly windows during which maintenance is on.", Table("", {
             "start": Key(_weekly_time, REQUIRED, 'Weekday and time, e.g. "Sun 22:00".'),
             "end": Key(_weekly_time, REQUIRED, 'Weekday and time, e.g. "Mon 05:00"; may be in the next '
@@ -494,9 +497,17 @@ SCHEMA = Table("", {
         "timeout": Key(parse_duration, 2.0, "Longest a Runtime API exchange may take."),
         "interval": Key(parse_duration, 2.0, "How often the actual state is read back (reloads, drift)."),
         "min_ready": Key(_integer(0, 1000), 1, "Never take out the last `min_ready` servers of a backend."),
-        "hold_down": Key(parse_duration, 10.0, "Least time a server stays in a state the agent set before the "
-                         "agent changes it again (hard failures excepted), so a flapping check cannot flap "
-                         "haproxy."),
+        "hold_down": Key(parse_duration, 10.0, "Damping for a server that flaps: taken out again within "
+                         "`flap_window`, it stays out at least this long, twice as long for each further time "
+                         "(at most `hold_down_max`). A server taken out once returns as soon as its checks pass "
+                         "again (their `rise`)."),
+        "hold_down_max": Key(parse_duration, 300.0, "Longest a flapping server is held out by its damping."),
+        "flap_window": Key(parse_duration, 300.0, "A server taken out again within this time of its last "
+                           "take-out is flapping (its hold-down doubles); each quiet `flap_window` halves it "
+                           "again."),
+        "shared_checks": Key(_string_list, (), "Checks of dependencies every server shares (Redis, the primary "
+                             "database): while one fails, a soft failure takes no server out, and status names "
+                             "the cause. Hard failures (refused, gone) still act."),
         "max_changes_per_minute": Key(_integer(1, 10000), 6, "Most state changes the agent sends per backend per "
                                       "minute."),
         "state_file": Key(_optional_path, None, "haproxy's `server-state-file`: after every change the agent "
@@ -508,12 +519,21 @@ SCHEMA = Table("", {
             "on_failure": Key(_choice("maint", "drain"), "maint", "Admin state while a gating check fails."),
             "local": Key(_boolean, False, "This server is this node: `pretix-agentctl drain` and a shutdown drain "
                          "it through the socket."),
+            "shared_checks": Key(_string_list, None, "This server's own `shared_checks` (e.g. `[]` for a database "
+                                 "replica that Redis does not explain); none: the section's."),
+            "shutdown_sessions": Key(_boolean, False, "When the agent takes this server out, also shut the "
+                                     "sessions haproxy holds to it (`shutdown sessions server`), so persistent "
+                                     "connections (pretix's database connections to a replica) move at once."),
         })),
     }),
     "agent_check": Table("Answer haproxy's agent-check for this node, so haproxy elsewhere can poll it.", {
         "listen": Key(_listen, "", 'Address to listen on, "HOST:PORT" (an IPv6 address in brackets); empty '
                       "disables the responder."),
         "checks": Key(_string_list, (), "Checks that must pass for this node to answer `up 100%`."),
+        "shared_checks": Key(_string_list, (), "Checks of dependencies every node shares (Redis, the primary): "
+                             "while one fails, a soft failure of `checks` is that cause's, the same on every node, "
+                             "and the answer stays `up` (with the cause) instead of taking every node out at once; a "
+                             "hard failure (refused, unit gone) still answers `down`."),
         "weight": Key(_integer(0, 256), None, "Weight to announce (a percentage of the weight in haproxy.cfg, "
                       "0..256) while ready; none announces 100%."),
         "allow": Key(_networks, AGENT_CHECK_ALLOW, "Source networks that get an answer (IPv4 and IPv6 CIDR); a "
@@ -665,6 +685,7 @@ class MaintenanceSection:
     lock: Path
     timezone: zoneinfo.ZoneInfo
     windows: tuple[Window, ...]
+    on_failing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -732,6 +753,8 @@ class HaproxyServer:
     checks: tuple[str, ...]
     on_failure: str
     local: bool = False
+    shared_checks: tuple[str, ...] = ()  # resolved: the server's own, else the section's
+    shutdown_sessions: bool = False
 
 
 @dataclass(frozen=True)
@@ -744,6 +767,9 @@ class HaproxySection:
     max_changes_per_minute: int
     state_file: Path | None
     servers: tuple[HaproxyServer, ...]
+    hold_down_max: float = 300.0
+    flap_window: float = 300.0
+    shared_checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -751,6 +777,7 @@ class AgentCheckSection:
     listen: str
     checks: tuple[str, ...]
     weight: int | None
+    shared_checks: tuple[str, ...] = ()
     allow: tuple[Network, ...] = AGENT_CHECK_ALLOW
     idle_timeout: float = 1.0
     max_connections: int = 256
@@ -1000,25 +1027,44 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
                              + (f'; did you mean "{close[0]}"?' if close else f" (add [checks.{name}])"))
 
     raw_haproxy = values["haproxy"]
+    unknown_checks(("haproxy", "shared_checks"), raw_haproxy["shared_checks"])
+    unknown_checks(("maintenance", "on_failing"), maintenance["on_failing"])
     servers = []
     seen_servers: set[tuple[str, str]] = set()
     for index, server in enumerate(raw_haproxy["server"]):
         here: Path_ = ("haproxy", "server", index)
         unknown_checks((*here, "checks"), server["checks"])
-        if any(value is INVALID for value in server.values()):
+        unknown_checks((*here, "shared_checks"), server["shared_checks"])
+        if any(value is INVALID for value in server.values()) or raw_haproxy["shared_checks"] is INVALID:
             continue
         key = (server["backend"], server["server"])
         if key in seen_servers:
             problems.add(here, f"{key[0]}/{key[1]} is listed twice")
         seen_servers.add(key)
+        own = server["shared_checks"] is not None
+        shared = server["shared_checks"] if own else raw_haproxy["shared_checks"]
+        both = [name for name in shared if name in server["checks"]]
+        if both:
+            # A failing gating check that is also "shared" would excuse itself: the server could
+            # never be taken out for a soft failure of it.
+            problems.add((*here, "shared_checks") if own else ("haproxy", "shared_checks"),
+                         f'names check "{both[0]}", which also gates {key[0]}/{key[1]}: a check cannot both '
+                         "gate a server and excuse its failures" + ("" if own else
+                                                                    " (give that server shared_checks = [])"))
         servers.append(HaproxyServer(server["backend"], server["server"], server["checks"], server["on_failure"],
-                                     server["local"]))
+                                     server["local"], shared, server["shutdown_sessions"]))
     if servers and not raw_haproxy["socket"]:
         problems.add(("haproxy", "socket"), "is required when [[haproxy.server]] entries exist")
     haproxy = HaproxySection(**{k: v for k, v in raw_haproxy.items() if k != "server"},
                              servers=tuple(servers)) if raw_haproxy["socket"] else None
     raw_agent_check = values["agent_check"]
     unknown_checks(("agent_check", "checks"), raw_agent_check["checks"])
+    unknown_checks(("agent_check", "shared_checks"), raw_agent_check["shared_checks"])
+    if INVALID not in (raw_agent_check["checks"], raw_agent_check["shared_checks"]):
+        both = [name for name in raw_agent_check["shared_checks"] if name in raw_agent_check["checks"]]
+        if both:
+            problems.add(("agent_check", "shared_checks"), f'names check "{both[0]}", which is also in '
+                         "agent_check.checks: a check cannot both judge this node and excuse its failures")
     agent_check = AgentCheckSection(**raw_agent_check) if raw_agent_check["listen"] else None
     raw_loki = values["loki"]
     if raw_loki["password_file"] is not None and raw_loki["bearer_token_file"] is not None:
@@ -1043,7 +1089,7 @@ def _build(values: dict[str, Any], problems: _Collector, source: str, sections: 
         log=LogSection(**values["log"]),
         maintenance=MaintenanceSection(marker=in_state_dir(maintenance["marker"]),
                                        lock=in_state_dir(maintenance["lock"]), timezone=maintenance["timezone"],
-                                       windows=tuple(windows)),
+                                       windows=tuple(windows), on_failing=maintenance["on_failing"]),
         checks=tuple(checks),
         haproxy=haproxy,
         agent_check=agent_check,

@@ -296,7 +296,7 @@ def drain(config: config_module.Config, reason: str | None, timeout: float) -> i
 
     def applied(document: status.Document) -> bool:
         seen = document.drain.request if document.drain is not None else None
-        return bool(seen and seen.present and (not drain_id or seen.id == drain_id))
+        return bool(seen and seen.present and (not drain_id or seen.id == drain_id)) and settled(document)
 
     return _confirm(config, applied, timeout, ready_line, EXIT_NOT_RUNNING,
                     "the daemon is not running: the drain takes effect when it starts",
@@ -309,11 +309,18 @@ def ready(config: config_module.Config, timeout: float) -> int:
     say(f"drain ended: removed {path}" if files.remove(path) else "not draining; nothing changed")
 
     def applied(document: status.Document) -> bool:
-        return document.written_at_unix >= started and not (document.drain and document.drain.request.present)
+        return (document.written_at_unix >= started and not (document.drain and document.drain.request.present)
+                and settled(document))
 
     return _confirm(config, applied, timeout, ready_line, EXIT_NOT_RUNNING,
                     "the daemon is not running: this node is taken back when it starts",
                     f"the daemon did not confirm within {timeout:g} s")
+
+
+def settled(document: status.Document) -> bool:
+    """Whether haproxy control has acted on the daemon's latest inputs (or there is none): only then
+    does the status say what haproxy does now rather than what it did."""
+    return document.haproxy is None or not document.haproxy.pending
 
 
 def _confirm(config: config_module.Config, applied: Callable[[status.Document], bool], timeout: float,

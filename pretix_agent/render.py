@@ -10,6 +10,7 @@ from typing import Any
 
 from . import status
 from .display import holder
+from .maintenance.decide import CHECK_CAUSE, describe_check_cause
 
 
 def when(moment: status.Moment | None) -> str:
@@ -29,6 +30,8 @@ def why_on(state: status.Maintenance) -> str:
                      + (f" [lock content unreadable: {lock.problem}]" if lock.problem else ""))
     if state.inside_window:
         parts.append(f"inside a weekly window until {when(state.window_until)}")
+    if state.cause and state.cause.startswith(CHECK_CAUSE):
+        parts.append(f"{describe_check_cause(state.cause)}; ends by itself when it passes again")
     if not parts and state.cause:
         parts.append(state.cause)
     return "; ".join(parts)
@@ -44,38 +47,71 @@ def maintenance_line(document: status.Document) -> str:
 
 
 def ready_line(document: status.Document) -> str:
-    """What `drain` and `ready` leave true: drained or not, what haproxy is told, what it waits for."""
+    """What `drain` and `ready` leave true: whether the node is drained, what haproxy does with it now
+    (the agent-check answer haproxy reads, the local servers' state in haproxy), and, when it is
+    not in rotation, what it waits for ("back when pretix passes 2 probes in a row (1 so far)").
+
+    Only states and counts, never a probe's reason: a reason can be from a failure long over, and
+    this line is read as what is true now.
+    """
     drain = document.drain
     draining = drain is not None and drain.reason is not None
-    line = f"this node is DRAINING ({drain.reason})" if draining and drain else "this node is ready"
+    parts = [f"this node is DRAINING ({drain.reason})" if draining and drain else "this node is not drained"]
+    waits: list[str] = []
     agent_check = document.agent_check
     if agent_check is not None:
-        if agent_check.answer:
-            line += f"; agent-check answers {agent_check.answer.strip()!r}"
+        answer = agent_check.answer.strip() if agent_check.answer else None
+        if answer is None:
+            parts.append("agent-check gives no answer yet (haproxy keeps the state it has)")
         else:
-            line += "; agent-check gives no answer yet (haproxy keeps the state it has)"
-        waiting = _waiting_for(document)
-        if waiting and not draining:
-            line += f"; back in rotation once {waiting}"
-    local = [s for s in (document.haproxy.servers if document.haproxy else []) if s.actual != s.desired]
-    for server in local:
-        line += f"; haproxy {server.backend}/{server.server} {server.actual} -> {server.desired}"
-    return line
-
-
-def _waiting_for(document: status.Document) -> str:
-    """The checks the agent-check answer still waits for, in words, e.g. "pretix passes 2 probes in a
-    row (1 so far)"; "" when none."""
-    waits = []
-    for name, check in sorted(document.checks.items()):
-        if check.state == "passing":
+            parts.append(f"agent-check answers {answer!r}: {_agent_meaning(answer)}")
+            if answer.startswith("down"):
+                waits.extend(_back_when(_failing_or_undecided(document, list(document.checks)), document))
+    haproxy = document.haproxy
+    for server in haproxy.servers if haproxy else []:
+        if not server.local:
             continue
-        if check.state == "failing" and check.outcome == "pass":
-            waits.append(f"{name} passes {check.rise} probes in a row ({check.failure or 'failing'})")
-        else:
-            waits.append(f"{name} passes {check.rise} probes in a row (now {check.state}: "
-                         f"{check.failure or check.reason or 'no probe yet'})")
-    return "; ".join(waits)
+        parts.append(f"haproxy {server.backend}/{server.server} is {server.actual or 'unknown'}: "
+                     f"{_admin_meaning(server.actual)}")
+        if server.actual == "ready" or draining:
+            continue
+        if server.hold_until:
+            waits.append(f"its flap damping ends at {server.hold_until} ({server.hold_seconds:g} s)")
+        waits.extend(_back_when(_failing_or_undecided(document, server.checks), document))
+    if haproxy is not None and haproxy.reachable is False:
+        parts.append(f"haproxy is unreachable ({haproxy.error})")
+    if draining:
+        parts.append("back in rotation after pretix-agentctl ready")
+    elif waits:
+        parts.append("back when " + " and ".join(dict.fromkeys(waits)))
+    return "; ".join(parts)
+
+
+def _agent_meaning(answer: str) -> str:
+    if answer.startswith("down"):
+        return "haproxy marks this node down"
+    if answer.startswith("up 0%"):
+        return "haproxy sends it no new requests"
+    return "haproxy sends it requests"
+
+
+def _admin_meaning(admin: str | None) -> str:
+    return {"ready": "it takes requests", "drain": "no new requests, current ones finish",
+            "maint": "no requests"}.get(admin or "", "haproxy does not know it")
+
+
+def _failing_or_undecided(document: status.Document, names: list[str]) -> list[str]:
+    return [name for name in names if name in document.checks and document.checks[name].state != "passing"]
+
+
+def _back_when(names: list[str], document: status.Document) -> list[str]:
+    """For checks that do not pass: "pretix passes 2 probes in a row (1 so far)"."""
+    waits = []
+    for name in names:
+        check = document.checks[name]
+        so_far = f" ({check.passes} so far)" if check.passes else ""
+        waits.append(f"{name} passes {check.rise} probe{'s' if check.rise != 1 else ''} in a row{so_far}")
+    return waits
 
 
 def _short(value: Any) -> str:
@@ -117,9 +153,16 @@ def status_lines(document: status.Document, liveness: status.Liveness) -> list[s
             lines.append(f"haproxy:     UNREACHABLE at {haproxy.socket}: {haproxy.error}")
         elif haproxy.reachable is None:
             lines.append(f"haproxy:     not looked at yet ({haproxy.socket})")
+        for backend, cause in sorted(haproxy.shared.items()):
+            lines.append(f"haproxy {backend}: SHARED CAUSE: {cause}")
         for server in haproxy.servers:
             shown = server.actual if server.actual == server.desired else f"{server.actual} (desired {server.desired})"
-            lines.append(f"haproxy {server.backend}/{server.server}: {shown}: {server.why}")
+            line = f"haproxy {server.backend}/{server.server}: {shown}: {server.why}"
+            if server.hold_until:
+                line += f" [flap damping: held out {server.hold_seconds:g} s, until {server.hold_until}]"
+            elif server.flap_level:
+                line += f" [flap damping level {server.flap_level}]"
+            lines.append(line)
     agent_check = document.agent_check
     if agent_check is not None:
         lines.append(f"agent-check: {agent_check.listen} answers "

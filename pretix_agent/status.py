@@ -92,6 +92,7 @@ class Check:
     probes: int = 0
     failure: str | None = None  # while failing: the reason of the failure, not of a rising probe
     duration_seconds: float | None = None  # how long the latest probe took
+    passes: int = 0  # consecutive passes so far (of `rise`, while not passing yet)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ class HaproxyServer:
     up: bool | None
     desired: str
     why: str
+    flap_level: int = 0  # flap damping: 0 none; n: a take-out now holds it out hold_down * 2**(n-1)
+    hold_seconds: float = 0.0  # while held out after a flap: the hold in all
+    hold_until: str | None = None  # ... and when it ends (ISO 8601, UTC)
+    checks: list[str] = field(default_factory=list)  # the checks gating it
+    local: bool = False  # this server is this node
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ class Haproxy:
     taken_out: list[str] = field(default_factory=list)
     changes: dict[str, int] = field(default_factory=dict)  # state changes haproxy took, by the state set
     change_failures: int = 0  # state changes haproxy refused (or the exchange failed)
+    shared: dict[str, str] = field(default_factory=dict)  # backend -> the shared cause that keeps its servers in
+    pending: bool = False  # the worker has not acted on the latest check states yet
 
 
 @dataclass(frozen=True)

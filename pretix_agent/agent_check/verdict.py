@@ -7,6 +7,13 @@
   lets haproxy keep its last state instead of flapping every node of a restarted cluster.
 The reason of a failing check is the failure's, not the latest probe's: while it rises again, the
 latest probe passed, and "down #pretix: HTTP 200" would be a lie.
+
+A shared cause (`shared_checks`: Redis, the primary) fails every node's pretix at once. Answering
+`down` then would take every node out together, which turns customers' 500s into haproxy's 503s
+and brings nothing back sooner; measured on a real pretix, Redis killed made each node's
+/healthcheck/ answer 500. So while a shared check fails (or its latest probe did), a soft failure
+of this node's own checks answers `up` with the cause; a hard one (refused, a unit gone: this node
+is broken whatever else is) still answers `down`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,12 @@ def verdict(section: AgentCheckSection, checks: Mapping[str, CheckState], drain:
     states = [(name, checks.get(name, CheckState())) for name in section.checks]
     failing = [f"{name}: {state.why()}" for name, state in states if state.state == FAILING]
     draining = drain is not None
+    shared = [name for name in section.shared_checks if checks.get(name, CheckState()).probe_failed()]
+    hard = any(state.hard_failure() for _, state in states)
+    if failing and shared and not hard:
+        why = f"{', '.join(shared)} failing (shared by every node): {'; '.join(failing)}"
+        answer = agent_answer(True, draining, drain or why, section.weight)
+        return Verdict(answer, f"kept in: {why}", f"agent-check: up despite {', '.join(shared)} (shared)")
     if failing:
         why = "; ".join(failing)
         answer = agent_answer(False, draining, why, section.weight)

@@ -9,6 +9,7 @@ loop advances the states (checks/health.py, pure) and hands them to the controll
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ def check_status(spec: CheckSpec, state: CheckState, since: str | None) -> statu
         outcome=None if last is None else last.outcome, hard=None if last is None else last.hard,
         values={} if last is None else dict(last.values), probes=state.probes,
         failure=state.why() if state.state != health.PASSING and state.failure is not None else None,
-        duration_seconds=None if last is None or last.seconds is None else round(last.seconds, 6))
+        duration_seconds=None if last is None or last.seconds is None else round(last.seconds, 6),
+        passes=state.passes)
 
 
 def _constant(result: ProbeResult) -> Callable[[Deadline], ProbeResult]:
@@ -82,8 +84,9 @@ class ChecksController(Controller[Observed, Step]):
         self.since: dict[str, str] = {}
 
     def _deliver(self, name: str, result: ProbeResult) -> None:
-        """From a runner's or the D-Bus thread: queue the result and wake the loop."""
-        self.results.append((name, result))
+        """From a runner's or the D-Bus thread: stamp the result with the time it arrived, queue it and
+        wake the loop."""
+        self.results.append((name, dataclasses.replace(result, at=time.monotonic())))
         self.services.wake(f"check:{name}")
 
     def prepare(self, config: Config) -> Change:

@@ -30,8 +30,10 @@ def advance(current: CheckState, result: ProbeResult, fall: int, rise: int) -> C
             state = current.state
     since = current.since_probe if state == current.state else probes
     failure = None if state == PASSING else result if result.outcome != PASS else current.failure
+    probed_at = result.at if result.at is not None else current.probed_at
+    failing_since = None if state != FAILING else current.failing_since if current.state == FAILING else result.at
     return CheckState(state=state, passes=passes, misses=misses, probes=probes, last=result, since_probe=since,
-                      failure=failure)
+                      failure=failure, probed_at=probed_at, failing_since=failing_since)
 
 
 def apply_results(states: Mapping[str, CheckState], results: Iterable[tuple[str, ProbeResult]],

@@ -485,9 +485,7 @@ class RuntimeApi:
         Raise RuntimeApiError: unknown_backend, unknown_server, denied (socket not `level admin`),
         or any transport kind. Success is silent in haproxy; any other text is an error.
         """
-        if state not in ADMIN_STATES:
-            raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, not {state!r}")
-        command = f"set server {_check_name(backend, 'backend')}/{_check_name(server, 'server')} state {state}"
+        command = set_state_command(backend, server, state)
         output = self.command(command)
         if output.strip():
             raise RuntimeApiError(f"haproxy refused {command!r}: {output.strip().splitlines()[0]}", "rejected")
@@ -497,12 +495,22 @@ class RuntimeApi:
 
         Raise RuntimeApiError only when the exchange itself fails (then nothing is known to be set).
         """
-        commands = []
-        for backend, server, state in changes:
-            if state not in ADMIN_STATES:
-                raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, not {state!r}")
-            commands.append(f"set server {_check_name(backend, 'backend')}/{_check_name(server, 'server')} "
-                            f"state {state}")
+        return self.run_silent([set_state_command(backend, server, state) for backend, server, state in changes])
+
+    def shutdown_sessions(self, backend: str, server: str) -> None:
+        """Close every session haproxy holds to a server (its clients see the connection end).
+
+        Raise RuntimeApiError: unknown_backend, unknown_server, denied, or any transport kind."""
+        (error,) = self.run_silent([shutdown_sessions_command(backend, server)])
+        if error is not None:
+            raise error
+
+    def run_silent(self, commands: Sequence[str]) -> list[RuntimeApiError | None]:
+        """Send commands that answer nothing on success (`set server`, `shutdown sessions`) in one
+        exchange; return, per command, None or why haproxy refused it.
+
+        Raise RuntimeApiError only when the exchange itself fails (then nothing is known to be done).
+        """
         results: list[RuntimeApiError | None] = []
         for command, output in zip(commands, self.execute(*commands), strict=True):
             error = refusal(command, output)
@@ -520,6 +528,20 @@ class RuntimeApi:
         text = self.servers_state_text()
         write_state_file(path, text)
         return text
+
+
+def set_state_command(backend: str, server: str, state: str) -> str:
+    """`set server B/S state ready|drain|maint`, its names checked."""
+    if state not in ADMIN_STATES:
+        raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, not {state!r}")
+    return f"set server {_check_name(backend, 'backend')}/{_check_name(server, 'server')} state {state}"
+
+
+def shutdown_sessions_command(backend: str, server: str) -> str:
+    """`shutdown sessions server B/S`: close the sessions haproxy holds to a server. A server put in
+    maint gets no new sessions, but those it has go on: a database client's persistent connection
+    (pretix keeps them 120 s) would keep reading from a lagging replica."""
+    return f"shutdown sessions server {_check_name(backend, 'backend')}/{_check_name(server, 'server')}"
 
 
 def write_state_file(path: Path, text: str) -> None:

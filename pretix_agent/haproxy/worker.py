@@ -11,7 +11,11 @@ desired state needs nothing special beyond noticing. After every change the agen
 loads what the agent set.
 
 What the agent took out is remembered in the state directory, so after a daemon restart it still
-puts back its own changes, and only its own.
+puts back its own changes, and only its own. The flap damping and the shared causes are kept in
+memory only: a restarted daemon starts every server at damping level 0.
+
+A server with `shutdown_sessions` taken out gets `shutdown sessions server B/S` in the same
+exchange, right after its `set server ... state`, so no new session can reach it in between.
 """
 
 from __future__ import annotations
@@ -20,18 +24,19 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..adapters import files
 from ..check_results import CheckState
-from ..config import HaproxySection
+from ..config import HaproxySection, HaproxyServer
 from ..errors import FileWriteError
 from ..events import Event
 from ..status import HaproxyServer as HaproxyServerStatus
-from .decide import Actual, Memory, SetState, decide, remember
-from .runtime import RuntimeApi, RuntimeApiError, ServerState
+from .decide import Actual, Decision, Memory, ServerReport, SetState, decide, remember
+from .runtime import RuntimeApi, RuntimeApiError, ServerState, set_state_command, shutdown_sessions_command
 
 MEMORY_FILE = "haproxy.json"
 
@@ -48,6 +53,7 @@ class Report:
     held: list[str]
     servers: list[HaproxyServerStatus]
     taken_out: list[str]
+    shared: dict[str, str]  # backend -> the shared cause that keeps its servers in
     changes: dict[str, int] = field(default_factory=dict)  # since the worker started, by the state set
     change_failures: int = 0
 
@@ -71,10 +77,37 @@ def actual_from(states: list[ServerState]) -> dict[tuple[str, str], Actual]:
     return {(s.backend, s.server): Actual(s.admin, s.up and s.weight > 0) for s in states}
 
 
+def server_status(report: ServerReport, server: HaproxyServer | None, now: float,
+                  wall: float) -> HaproxyServerStatus:
+    """One server for the status document; the monotonic end of a hold becomes wall-clock time."""
+    until = None
+    if report.hold_until is not None:
+        until = datetime.fromtimestamp(wall + (report.hold_until - now), timezone.utc).isoformat(timespec="seconds")
+    return HaproxyServerStatus(report.backend, report.server, report.actual, report.up, report.desired, report.why,
+                               report.level, report.hold, until, list(server.checks) if server else [],
+                               bool(server and server.local))
+
+
+def commands_for(actions: tuple[SetState, ...]) -> tuple[list[str], list[tuple[int, str]]]:
+    """The Runtime API commands for `actions`, and which action and kind ("set" or "shutdown") each
+    command carries out."""
+    commands: list[str] = []
+    owners: list[tuple[int, str]] = []
+    for index, action in enumerate(actions):
+        commands.append(set_state_command(action.backend, action.server, action.state))
+        owners.append((index, "set"))
+        if action.shutdown_sessions:
+            commands.append(shutdown_sessions_command(action.backend, action.server))
+            owners.append((index, "shutdown"))
+    return commands, owners
+
+
 class HaproxyWorker:
     def __init__(self, section: HaproxySection, state_dir: Path, report: Callable[[Report], None],
-                 log_event: Callable[[Event], None], beat: Callable[[], None]):
+                 log_event: Callable[[Event], None], beat: Callable[[], None],
+                 report_within: Mapping[str, float] | None = None):
         self.section = section
+        self.report_within = dict(report_within or {})
         self.api = RuntimeApi(section.socket, section.timeout)
         self.memory_path = state_dir / MEMORY_FILE
         self.memory = load_memory(self.memory_path)
@@ -112,20 +145,20 @@ class HaproxyWorker:
     def _run(self) -> None:
         while not self._stopped.is_set():
             self._wake.clear()
-            deferred = self.cycle()
+            wait = self.cycle()
             self.beat()
-            # Waiting for hold_down or the rate limit: look again soon rather than a full interval.
-            self._wake.wait(min(1.0, self.section.interval) if deferred else self.section.interval)
+            self._wake.wait(wait)
 
-    def cycle(self) -> bool:
-        """Observe, decide, act once. Return True if a change was deferred (damping)."""
+    def cycle(self) -> float:
+        """Observe, decide, act once. Return how long to wait before the next look: the interval, or
+        less when something waits (settling, a flap's hold, the rate limit) and is due sooner."""
         checks, drain, generation = self._checks, self._drain, self._generation
         try:
             identity = self.api.process_identity()
             states = self.api.servers_state()
         except RuntimeApiError as error:
             self._failed(str(error), generation)
-            return False
+            return self.section.interval
         if self._unreachable:
             self._unreachable = False
             self.log_event(Event("haproxy.reachable", "info", {"socket": self.section.socket}))
@@ -135,39 +168,64 @@ class HaproxyWorker:
                 "detail": "haproxy restarted or reloaded: re-applying the desired state"}))
         self._identity = identity
         now = time.monotonic()
-        decision = decide(self.section, checks, actual_from(states), self.memory, now, drain)
-        applied: list[SetState] = []
-        failures: list[str] = []
-        outcomes: list[RuntimeApiError | None]
-        try:
-            # One exchange for every change: 1,000 servers stay one round trip, not a thousand.
-            outcomes = self.api.set_server_states([(a.backend, a.server, a.state) for a in decision.actions])
-        except RuntimeApiError as exchange_failed:
-            outcomes = [exchange_failed] * len(decision.actions)
-        for action, refused in zip(decision.actions, outcomes, strict=True):
-            if refused is not None:
-                failures.append(str(refused))
-                continue
-            applied.append(action)
+        decision = decide(self.section, checks, actual_from(states), self.memory, now, drain, self.report_within)
+        applied, failures = self._apply(decision)
+        for action in applied:
             self.changes[action.state] = self.changes.get(action.state, 0) + 1
-            self.log_event(Event("haproxy.server_state_changed", "warning" if action.state != "ready" else "info", {
-                "backend": action.backend, "server": action.server, "state": action.state, "reason": action.reason}))
+        self.change_failures += len(failures)
         for event in decision.events:
             self.log_event(event)
         old_taken = self.memory.taken_out
-        self.memory = remember(self.memory, applied, decision.held, now, self.section.hold_down)
+        self.memory = remember(self.memory, decision, applied, now, self.section)
         if applied:
             self._save(old_taken)
-        self.change_failures += len(failures)
         for failure in failures:
             self.log_event(Event("haproxy.command_failed", "error", {"error": failure}))
         self._error = failures[0] if failures else None
+        # haproxy accepted the applied changes: the report says what it does now, not what it did.
+        done = {(a.backend, a.server): a.state for a in applied}
+        reports = [replace(r, actual=done.get((r.backend, r.server), r.actual)) for r in decision.reports]
+        wall = time.time()
+        configured = {(server.backend, server.server): server for server in self.section.servers}
         self.report(Report(generation, True, failures[0] if failures else None, str(identity), decision.sentence,
                            sorted(f"{b}/{s}" for b, s in decision.held),
-                           [HaproxyServerStatus(**asdict(report)) for report in decision.reports],
-                           sorted(f"{b}/{s}" for b, s in self.memory.taken_out), dict(self.changes),
-                           self.change_failures))
-        return decision.deferred
+                           [server_status(report, configured.get((report.backend, report.server)), now, wall)
+                            for report in reports],
+                           sorted(f"{b}/{s}" for b, s in self.memory.taken_out), dict(decision.shared),
+                           dict(self.changes), self.change_failures))
+        return self._next_look(decision, now)
+
+    def _next_look(self, decision: Decision, now: float) -> float:
+        interval = self.section.interval
+        if decision.wake_at is not None:
+            return max(0.01, min(interval, decision.wake_at - now))
+        return min(1.0, interval) if decision.deferred else interval
+
+    def _apply(self, decision: Decision) -> tuple[list[SetState], list[str]]:
+        """Send the decision's changes in one exchange (1,000 servers stay one round trip, not a
+        thousand); log each. Return the actions haproxy accepted and the failures in words."""
+        commands, owners = commands_for(decision.actions)
+        outcomes: list[RuntimeApiError | None]
+        try:
+            outcomes = self.api.run_silent(commands) if commands else []
+        except RuntimeApiError as exchange_failed:
+            outcomes = [exchange_failed] * len(commands)
+        applied: list[SetState] = []
+        failures: list[str] = []
+        for (index, kind), refused in zip(owners, outcomes, strict=True):
+            action = decision.actions[index]
+            if refused is not None:
+                failures.append(str(refused))
+            elif kind == "set":
+                applied.append(action)
+                self.log_event(Event("haproxy.server_state_changed", "warning" if action.state != "ready" else "info",
+                                     {"backend": action.backend, "server": action.server, "state": action.state,
+                                      "reason": action.reason}))
+            else:
+                self.log_event(Event("haproxy.sessions_shut", "warning", {
+                    "backend": action.backend, "server": action.server,
+                    "detail": "closed the sessions haproxy held to it, so its clients reconnect elsewhere"}))
+        return applied, failures
 
     def _save(self, old_taken: frozenset[tuple[str, str]]) -> None:
         if self.section.state_file is not None:
@@ -192,4 +250,4 @@ class HaproxyWorker:
                 "detail": "haproxy's servers are left as they are until the socket answers"}))
         self._error = error
         self.report(Report(generation, False, error, None, f"haproxy unreachable: {error}", [], [], sorted(
-            f"{b}/{s}" for b, s in self.memory.taken_out), dict(self.changes), self.change_failures))
+            f"{b}/{s}" for b, s in self.memory.taken_out), {}, dict(self.changes), self.change_failures))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import status
 from ..adapters.clock import WallTimer
+from ..checks.health import FAILING, UNKNOWN, CheckState
 from ..config import Config, MaintenanceSection
 from ..controller import Change, Controller, Facts, MaintenanceFact, Services, Swap
 from ..errors import AgentError, ConfigError, ConfigProblem
@@ -46,6 +47,15 @@ class Step:
     @property
     def sentence(self) -> str:
         return self.decision.sentence
+
+
+def on_failing(seen: Observation, names: tuple[str, ...], checks: Mapping[str, CheckState]) -> Observation:
+    """The observation with what the `on_failing` checks say (the checks controller ran before)."""
+    if not names:
+        return seen
+    states = {name: checks.get(name, CheckState()).state for name in names}
+    return dataclasses.replace(seen, failing_checks=tuple(n for n in names if states[n] == FAILING),
+                               undecided_checks=tuple(n for n in names if states[n] == UNKNOWN))
 
 
 def plan(observed: Observed) -> Step:
@@ -118,7 +128,8 @@ class MaintenanceController(Controller[Observed, Step]):
         assert self.settings is not None and self.schedule is not None
         if self.watcher is not None:
             self.watch_problems = tuple(self.watcher.intact())
-        return Observed(self.schedule, files.observe(self.settings, facts.now), self.previous, self.watch_problems)
+        seen = on_failing(files.observe(self.settings, facts.now), self.settings.on_failing, facts.checks)
+        return Observed(self.schedule, seen, self.previous, self.watch_problems)
 
     def decide(self, observation: Observed) -> Step:
         return plan(observation)

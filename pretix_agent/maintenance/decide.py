@@ -7,6 +7,12 @@ The rules (SPEC 3): maintenance is wanted while the lock exists or a window is o
 exists exactly while maintenance is on. The daemon never turns maintenance off against a human
 act except through `unlock`: a marker someone created by hand is adopted as a lock, and only a
 marker the agent wrote (its content says so) is ever removed.
+
+Optionally (`[maintenance] on_failing`), a failing check of a shared dependency closes the shop
+too, with cause `check:NAME`: with Redis gone pretix answers 500 to every customer, and the
+maintenance page with Retry-After says more. It ends by itself when the check passes again (its
+`rise`) and never touches the lock. A check that has not decided yet after a restart keeps a
+marker written for it, so a restarting daemon does not reopen a broken shop for `fall` probes.
 """
 
 from __future__ import annotations
@@ -134,6 +140,27 @@ class Observation:
     now: datetime
     lock: LockInfo
     marker: MarkerInfo
+    failing_checks: tuple[str, ...] = ()  # of `on_failing`, those failing now (in configured order)
+    undecided_checks: tuple[str, ...] = ()  # of `on_failing`, those with no verdict yet (unknown)
+
+
+CHECK_CAUSE = "check:"
+
+
+def check_cause(observation: Observation) -> str | None:
+    """`check:NAME` while an `on_failing` check fails (or, undecided, had the marker written for it)."""
+    if observation.failing_checks:
+        return CHECK_CAUSE + observation.failing_checks[0]
+    marker = observation.marker
+    if marker.ours and marker.cause is not None and marker.cause.startswith(CHECK_CAUSE) and \
+            marker.cause.removeprefix(CHECK_CAUSE) in observation.undecided_checks:
+        return marker.cause
+    return None
+
+
+def describe_check_cause(cause: str) -> str:
+    """check:redis -> "check redis failing ([maintenance] on_failing)"."""
+    return f"check {cause.removeprefix(CHECK_CAUSE)} failing ([maintenance] on_failing)"
 
 
 @dataclass(frozen=True)
@@ -141,7 +168,7 @@ class State:
     """Maintenance as the daemon last decided it."""
 
     on: bool
-    cause: str | None  # "lock", "window", "hand_edit" while on; None while off
+    cause: str | None  # "lock", "window", "hand_edit", "check:NAME" while on; None while off
     lock_problem: str | None = None  # already warned about, so the warning is not repeated each cycle
 
 
@@ -189,19 +216,22 @@ def decide(schedule: Schedule, observation: Observation, previous: State | None)
     """
     window = evaluate(schedule, observation.now)
     lock, marker = observation.lock, observation.marker
-    wanted = lock.present or window.inside
+    failing = check_cause(observation)
+    wanted = lock.present or window.inside or failing is not None
     old_on = previous.on if previous is not None else marker.present
     actions: list[Action] = []
     events: list[Event] = []
     until = _at(window.current_end, schedule)
-    next_change = None if lock.present else window.next_boundary
+    # While a check keeps the shop closed nobody knows when it ends; a lock ends only through unlock.
+    next_change = None if lock.present or failing is not None else window.next_boundary
 
     if wanted:
-        cause = "lock" if lock.present else "window"
+        cause = "lock" if lock.present else "window" if window.inside else str(failing)
         if not marker.present:
             actions.append(WriteMarker(cause))
             if previous is not None and previous.on:
-                why = lock.describe() if lock.present else f"inside a window until {until}"
+                why = (lock.describe() if lock.present else f"inside a window until {until}" if window.inside
+                       else describe_check_cause(cause))
                 events.append(Event("maintenance.marker_restored", "warning", {
                     "why": cause, "detail": f"the marker was deleted by hand while maintenance is on: {why}; "
                     "use pretix-agentctl unlock to end a lock (a window cannot be ended early)"}))
@@ -218,9 +248,12 @@ def decide(schedule: Schedule, observation: Observation, previous: State | None)
                 "old": "off", "new": "on", "cause": cause, "lock": lock.describe(),
                 "next_change": _iso(next_change)}))
         sentence = (f"maintenance on: {lock.describe()}" if lock.present
-                    else f"maintenance on: inside a window until {until}")
+                    else f"maintenance on: inside a window until {until}" if window.inside
+                    else f"maintenance on: {describe_check_cause(cause)}; ends when it passes again")
         if lock.present and window.inside:
             sentence += f" (and inside a window until {until})"
+        if failing is not None and cause != failing:
+            sentence += f" (and {describe_check_cause(failing)})"
     elif marker.present and not marker.ours:
         # Someone created the marker by hand while maintenance should be off: a human turned it
         # on. Removing it would silently undo that act, so it becomes a lock that only
@@ -239,11 +272,13 @@ def decide(schedule: Schedule, observation: Observation, previous: State | None)
             actions.append(RemoveMarker())
         state = State(False, None)
         if old_on:
-            was_lock = (previous.cause in ("lock", "hand_edit")) if previous is not None else (
-                marker.cause == "lock")
-            events.append(Event("maintenance.disabled", "info", {
-                "old": "on", "new": "off", "cause": "unlock" if was_lock else "window",
-                "next_change": _iso(next_change)}))
+            was = previous.cause if previous is not None else marker.cause
+            fields: dict[str, Any] = {"old": "on", "new": "off"}
+            if was is not None and was.startswith(CHECK_CAUSE):
+                fields.update(cause=was, detail=f"{was.removeprefix(CHECK_CAUSE)} passes again")
+            else:
+                fields["cause"] = "unlock" if was in ("lock", "hand_edit") else "window"
+            events.append(Event("maintenance.disabled", "info", {**fields, "next_change": _iso(next_change)}))
         sentence = ("maintenance off; next window starts " + _at(window.next_start, schedule)
                     if window.next_start is not None else "maintenance off; no windows configured")
     return Decision(state=state, actions=tuple(actions), events=tuple(events), sentence=sentence,

@@ -30,15 +30,22 @@ finishes its connections and exits. `reload()` waits until the admin socket answ
 process identity (Pid + Start_time_sec of `show info`): right after the command the old worker
 still answers for a moment.
 
-Ports: the frontend and the TCP Runtime API take candidate ports outside the kernel's ephemeral range
-(tests/ports.py); if haproxy reports one of them in use at start, it starts again on fresh ones. A
-restart keeps them. The backends' ports come from the same range, since a killed backend is revived
-on its port.
+Ports: the frontend, the TCP Runtime API and the TCP sections take candidate ports outside the
+kernel's ephemeral range (tests/ports.py); if haproxy reports one of them in use at start, it starts
+again on fresh ones. A restart keeps them. The backends' ports come from the same range, since a
+killed backend is revived on its port.
 
 Backends are threaded HTTP servers in this process, each answering 200 with its name (also on
-/healthcheck/); `kill()` closes the listening socket and the open connections (connections are then
-refused), `hang()` accepts and never answers, `drop()` reads each request and closes without an
-answer, `revive()` serves again on the same port (and answers what waited while hanging).
+/healthcheck/); `kill()` (or `refuse()`) closes the listening socket and the open connections
+(connections are then refused), `hang()` accepts and never answers, `drop()` reads each request and
+closes without an answer, `error(500)` answers every request with that status (pretix's
+/healthcheck/ with Redis gone), `slow(2.0)` answers each request that much later (an overloaded
+node), `revive()` serves normally again on the same port (and answers what waited while hanging).
+
+TCP sections (`tcp_sections`) are `listen` proxies in TCP mode, e.g. pretix's read path to a
+PostgreSQL replica with the primary as `backup` (`TcpServer(name, port, backup=True)`); they carry
+no haproxy check of their own unless a server's `options` say so, so whatever takes a server out
+is the agent. `tcp_port(name)` is the port each listens on.
 
 Stopping is by the master's PID only (SIGUSR1 soft-stop, then SIGTERM, then SIGKILL), and waits
 until the master and every worker it started are gone.
@@ -116,11 +123,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         self.backend._wait_while_hanging()
         self.backend._seen(self.command, self.path)
-        if self.backend.mode == "dropping":
+        mode, status = self.backend.mode, 200
+        if mode == "dropping":
             self.close_connection = True  # the request arrived (and may have been acted on): no answer
             return
-        payload = self.backend.name.encode()
-        self.send_response(200)
+        if mode == "slow":
+            self.backend._wait_while_slow()
+        elif mode == "erroring":
+            status = self.backend.status
+        payload = self.backend.name.encode() if status == 200 else f"{self.backend.name}: error {status}".encode()
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -139,10 +151,13 @@ class Backend:
     def __init__(self, name: str, port: int | None = None):
         self.name = name
         self.port = port or 0
-        self.mode = "stopped"  # serving | hanging | dropping | killed | stopped
+        self.mode = "stopped"  # serving | hanging | dropping | erroring | slow | killed | stopped
+        self.status = 200  # what an erroring backend answers
+        self.delay = 0.0  # how late a slow backend answers
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self._lock = threading.Lock()
         self._not_hanging = threading.Event()
+        self._not_slow = threading.Event()
         self._held: list[tuple[socket.socket, Any]] = []  # accepted while hanging
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
@@ -161,6 +176,7 @@ class Backend:
     def start(self) -> Backend:
         """Listen (on the same port again after kill()) and serve; after hang(), answer what waited."""
         self._not_hanging.set()
+        self._not_slow.set()
         if self._listener is not None:
             self.mode = "serving"
             with self._lock:
@@ -229,11 +245,32 @@ class Backend:
         worker that crashed after acting on the request)."""
         self.mode = "dropping"
 
+    def error(self, status: int = 500) -> None:
+        """Answer every request with `status` (pretix's /healthcheck/ answers 500 while Redis or the
+        database is gone): a soft failure, the server is there."""
+        self.status = status
+        self.mode = "erroring"
+
+    def slow(self, delay: float) -> None:
+        """Answer every request `delay` seconds late (an overloaded node: checks time out, the server
+        is there). revive() answers what waits at once."""
+        self.delay = delay
+        self._not_slow.clear()
+        self.mode = "slow"
+
+    def _wait_while_slow(self) -> None:
+        self._not_slow.wait(self.delay)  # set by revive(), kill() and stop()
+
+    def refuse(self) -> None:
+        """Refuse connections (the process is gone): a hard failure. The same as kill()."""
+        self.kill()
+
     def kill(self) -> None:
         """Close the listening socket and every open connection: new connections are refused."""
         listener, self._listener = self._listener, None
         self.mode = "killed"
         self._not_hanging.set()
+        self._not_slow.set()
         with self._lock:
             self._held = []
         with contextlib.suppress(OSError):
@@ -264,6 +301,20 @@ class Backend:
 # --------------------------------------------------------------------------------------------- haproxy
 
 
+@dataclass(frozen=True)
+class TcpServer:
+    """A server line of a TCP section: `server NAME 127.0.0.1:PORT [backup] [OPTIONS]`."""
+
+    name: str
+    port: int
+    backup: bool = False
+    options: str = ""
+
+    def line(self) -> str:
+        words = [f"    server {self.name} {HOST}:{self.port}", "backup" if self.backup else "", self.options]
+        return " ".join(word for word in words if word)
+
+
 @dataclass
 class Response:
     status: int
@@ -285,12 +336,15 @@ class HaproxyFixture:
       agent-inter <agent_inter>` to those servers.
     - `retry_on`: the backend's `retry-on` (conn-failure only by default: SPEC 5).
     - `server_options`: {server: "weight 100 disabled ..."} appended to those server lines.
+    - `tcp_sections`: {name: [TcpServer, ...]} adds `listen NAME` in TCP mode on its own port
+      (`tcp_port(name)`), with idle timeouts long enough for persistent database connections.
     """
 
     def __init__(self, servers: int = 2, *, http_check: bool = False, check_inter: str = "2s", fall: int = 3,
                  rise: int = 2, agent_ports: Mapping[str, int] | None = None, agent_inter: str = "500ms",
                  retry_on: str = "conn-failure", server_timeout: str = "10s",
-                 server_options: Mapping[str, str] | None = None, base_dir: str | Path | None = None,
+                 server_options: Mapping[str, str] | None = None,
+                 tcp_sections: Mapping[str, list[TcpServer]] | None = None, base_dir: str | Path | None = None,
                  keep_dir: bool | None = None,
                  timeout: float = DEFAULT_TIMEOUT):
         self.server_names = [f"app{n}" for n in range(1, servers + 1)]
@@ -303,6 +357,7 @@ class HaproxyFixture:
         self.retry_on = retry_on
         self.server_timeout = server_timeout
         self.server_options = dict(server_options or {})
+        self.tcp_sections = {name: list(servers) for name, servers in (tcp_sections or {}).items()}
         self.timeout = timeout
         self.keep_dir = bool(os.environ.get("PRETIX_AGENT_KEEP_FIXTURES")) if keep_dir is None else keep_dir
         parent = base_dir or os.environ.get("PRETIX_AGENT_TEST_TMPDIR") or None
@@ -315,6 +370,7 @@ class HaproxyFixture:
         self.log_path = self.dir / "haproxy.log"
         self.frontend_port = candidate_port()  # start() takes fresh ones if haproxy finds these in use
         self.tcp_socket_port = candidate_port()
+        self.tcp_ports = {name: candidate_port() for name in self.tcp_sections}
         self.backends: dict[str, Backend] = {name: Backend(name) for name in self.server_names}
         self.proc: subprocess.Popen[bytes] | None = None
         self.known_pids: set[int] = set()
@@ -340,14 +396,16 @@ class HaproxyFixture:
             for backend in self.backends.values():
                 if backend.mode in ("stopped", "killed") and backend.port == 0:
                     backend.start()
-            start_with_ports(self._start_on, count=2, what="haproxy (frontend and TCP Runtime API)")
+            start_with_ports(self._start_on, count=2 + len(self.tcp_sections),
+                             what="haproxy (frontend, TCP Runtime API and TCP sections)")
         except BaseException:
             self.close()
             raise
         return self
 
-    def _start_on(self, frontend_port: int, tcp_socket_port: int) -> None:
+    def _start_on(self, frontend_port: int, tcp_socket_port: int, *section_ports: int) -> None:
         self.frontend_port, self.tcp_socket_port = frontend_port, tcp_socket_port
+        self.tcp_ports = dict(zip(self.tcp_sections, section_ports, strict=True))
         self.configure()
         self._spawn()
 
@@ -416,6 +474,21 @@ class HaproxyFixture:
             f"    retry-on {self.retry_on}\n"
             f"{check}"
             + "\n".join(servers) + "\n"
+            + "".join(self._tcp_section(name) for name in self.tcp_sections)
+        )
+
+    def _tcp_section(self, name: str) -> str:
+        return (
+            "\n"
+            f"listen {name}\n"
+            "    mode tcp\n"
+            "    option tcplog\n"
+            f"    bind {HOST}:{self.tcp_ports[name]}\n"
+            "    timeout client 1h\n"
+            "    timeout server 1h\n"
+            "    retries 2\n"
+            "    option redispatch 1\n"
+            + "".join(server.line() + "\n" for server in self.tcp_sections[name])
         )
 
     def _spawn(self) -> None:
@@ -530,6 +603,14 @@ class HaproxyFixture:
     def tcp_address(self) -> str:
         return f"{HOST}:{self.tcp_socket_port}"
 
+    def tcp_port(self, section: str) -> int:
+        """The port a TCP section listens on."""
+        return self.tcp_ports[section]
+
+    def sessions(self, backend: str, server: str) -> int:
+        """Current sessions haproxy holds to a server (`show stat` scur)."""
+        return self.stat_row(backend, server).sessions or 0
+
     def master_command(self, command: str, timeout: float = 5.0) -> str:
         """Send one command to the master CLI; return its answer (the connection closes after it)."""
         deadline = time.monotonic() + timeout
@@ -615,4 +696,4 @@ def _cleanup(backends: Mapping[str, Backend], procs: Iterable[subprocess.Popen[b
 
 
 __all__ = ["BACKEND", "HEALTHCHECK_HOST", "Backend", "FixtureError", "HaproxyFixture", "Response",
-           "RuntimeApiError", "haproxy_unavailable_reason", "pid_alive", "process_state", "wait_until"]
+           "RuntimeApiError", "TcpServer", "haproxy_unavailable_reason", "pid_alive", "process_state", "wait_until"]

@@ -390,6 +390,25 @@ def test_the_example_haproxy_config_retries_only_failed_connections():
     assert "agent-check agent-port 8999" in text and "weight 100" in text
 
 
+def test_the_example_haproxy_config_sends_replica_reads_to_the_primary_only_as_backup():
+    text = EXAMPLE_CONFIG.read_text()
+    section = text.split("listen pretix_replica\n", 1)[1]
+    lines = [line.split("#")[0].split() for line in section.splitlines()]
+    servers = [words for words in lines if words[:1] == ["server"]]
+    assert [(words[1], "backup" in words) for words in servers] == [("replica", False), ("primary", True)]
+    assert "on-marked-down shutdown-sessions" in section
+    defaults = text.rsplit("defaults\n", 1)[1].split("listen pretix_replica", 1)[0]
+    assert "mode tcp" in defaults and "timeout client 30m" in defaults
+
+
+def test_shutdown_sessions_answers_nothing_on_success_and_refuses_an_unknown_server(fresh):
+    api = fresh.runtime()
+    assert api.run_silent(["shutdown sessions server pretix/app1"]) == [None]
+    with pytest.raises(RuntimeApiError) as refused:
+        api.shutdown_sessions("pretix", "nosuch")
+    assert refused.value.kind == "unknown_server"
+
+
 def test_many_server_states_are_set_in_one_exchange_with_a_result_each(fresh):
     api = fresh.runtime()
     results = api.set_server_states([("pretix", "app1", "maint"), ("pretix", "nosuch", "drain"),

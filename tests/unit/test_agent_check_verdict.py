@@ -38,3 +38,26 @@ def test_undecided_checks_give_no_answer_unless_the_node_is_drained():
 def test_a_configured_weight_is_announced_while_ready():
     weighted = AgentCheckSection(listen="127.0.0.1:5555", checks=("pretix",), weight=75)
     assert verdict(weighted, {"pretix": PASSING}, None).answer == "up 75%\n"
+
+
+SHARED = AgentCheckSection(listen="127.0.0.1:5555", checks=("pretix",), weight=None, shared_checks=("redis",))
+REDIS_DOWN = CheckState(state="failing", last=failed("connection refused", hard=True),
+                        failure=failed("connection refused", hard=True))
+
+
+def test_a_soft_failure_while_a_shared_check_fails_keeps_the_node_up_and_says_why():
+    pretix_500 = CheckState(state="failing", last=failed("HTTP 500"), failure=failed("HTTP 500"))
+    answer = verdict(SHARED, {"pretix": pretix_500, "redis": REDIS_DOWN}, None)
+    assert answer.answer == "up 100%\n"
+    assert answer.why == "kept in: redis failing (shared by every node): pretix: HTTP 500"
+
+
+def test_a_hard_failure_answers_down_even_while_a_shared_check_fails():
+    refused = CheckState(state="failing", last=failed("connection refused", hard=True),
+                         failure=failed("connection refused", hard=True))
+    assert verdict(SHARED, {"pretix": refused, "redis": REDIS_DOWN}, None).answer.startswith("down 100%")
+
+
+def test_a_soft_failure_without_a_shared_cause_answers_down():
+    pretix_500 = CheckState(state="failing", last=failed("HTTP 500"), failure=failed("HTTP 500"))
+    assert verdict(SHARED, {"pretix": pretix_500, "redis": PASSING}, None).answer == "down 100% #pretix: HTTP 500\n"

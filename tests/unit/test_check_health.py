@@ -1,5 +1,7 @@
 """The fall/rise state machine and the one-event-per-change rule, with plain values."""
 
+import dataclasses
+
 import pytest
 
 from pretix_agent.checks import health
@@ -63,6 +65,25 @@ def test_hard_failure_is_remembered_for_haproxy():
 def test_fall_and_rise_of_one_follow_every_probe():
     _, seen = run([OK, BAD, OK, DUNNO], fall=1, rise=1)
     assert seen == ["passing", "failing", "passing", "unknown"]
+
+
+def at(result, when):
+    return dataclasses.replace(result, at=when)
+
+
+def test_a_check_knows_when_it_last_reported_and_when_it_turned_failing():
+    state, _ = run([at(OK, 1.0), at(OK, 2.0), at(BAD, 3.0), at(BAD, 4.0)])
+    assert (state.state, state.probed_at, state.failing_since) == ("passing", 4.0, None)
+    assert state.probe_failed()  # fall is not reached, but its latest probe failed
+    state, _ = run([at(BAD, 5.0), at(OK, 6.0)], start=state)
+    assert (state.state, state.probed_at, state.failing_since) == ("failing", 6.0, 5.0)  # rising: still failing
+    state, _ = run([at(OK, 7.0)], start=state)
+    assert (state.state, state.failing_since) == ("passing", None) and not state.probe_failed()
+
+
+def test_a_result_without_a_time_keeps_the_last_known_one():
+    state, _ = run([at(OK, 1.0), OK])
+    assert state.probed_at == 1.0
 
 
 SPEC = CheckSpec("web", "http", 2.0, 1.0, 2, 2, HttpCheck("http://127.0.0.1/healthcheck/", "", True))

@@ -769,3 +769,81 @@ def test_a_wrong_value_inside_a_check_reports_it_and_builds_nothing_from_it():
     (problem,) = raised.value.problems
     assert (problem.path, problem.line) == ("checks.db.fall", 4)
     assert "expected an integer from 1 to 100, got 0" in problem.message
+
+
+# ---------------------------------------------------------------------------------------------
+# haproxy: shared causes, flap damping, sessions; maintenance on a failing check.
+
+HAPROXY_CHECKS = """
+[checks.web1]
+type = "http"
+url = "http://10.0.0.11/healthcheck/"
+[checks.redis]
+type = "redis"
+url = "redis://10.0.0.5:6379/0"
+[checks.replica]
+type = "postgres"
+dsn = "host=10.0.0.22 dbname=postgres user=pretix_agent"
+"""
+
+
+def test_shared_checks_are_the_sections_unless_a_server_names_its_own():
+    loaded = config.parse(HAPROXY_CHECKS + """
+[haproxy]
+socket = "/run/haproxy/admin.sock"
+shared_checks = ["redis"]
+[[haproxy.server]]
+backend = "pretix"
+server = "app1"
+checks = ["web1"]
+[[haproxy.server]]
+backend = "pretix_replica"
+server = "replica"
+checks = ["replica"]
+shared_checks = []
+shutdown_sessions = true
+""")
+    assert loaded.haproxy is not None
+    app1, replica = loaded.haproxy.servers
+    assert (app1.shared_checks, app1.shutdown_sessions) == (("redis",), False)
+    assert (replica.shared_checks, replica.shutdown_sessions) == ((), True)
+    assert (loaded.haproxy.hold_down, loaded.haproxy.hold_down_max, loaded.haproxy.flap_window) == (10.0, 300.0, 300.0)
+
+
+def test_a_check_that_gates_a_server_cannot_also_excuse_it():
+    problems = problems_of(HAPROXY_CHECKS + """
+[haproxy]
+socket = "/run/haproxy/admin.sock"
+shared_checks = ["web1"]
+[[haproxy.server]]
+backend = "pretix"
+server = "app1"
+checks = ["web1"]
+""")
+    assert [(p.path, p.line) for p in problems] == [("haproxy.shared_checks", 14)]
+    assert 'names check "web1", which also gates pretix/app1' in problems[0].message
+    assert "give that server shared_checks = []" in problems[0].message
+
+
+def test_unknown_shared_and_on_failing_checks_are_named_with_their_paths():
+    problems = problems_of(HAPROXY_CHECKS + """
+[maintenance]
+on_failing = ["rediss"]
+[haproxy]
+socket = "/run/haproxy/admin.sock"
+shared_checks = ["primary"]
+[[haproxy.server]]
+backend = "pretix"
+server = "app1"
+checks = ["web1"]
+shared_checks = ["nosuch"]
+""")
+    assert sorted(p.path for p in problems) == ["haproxy.server[0].shared_checks", "haproxy.shared_checks",
+                                                "maintenance.on_failing"]
+    assert any('did you mean "redis"?' in p.message for p in problems)
+
+
+def test_on_failing_names_the_checks_that_close_the_shop():
+    loaded = config.parse(HAPROXY_CHECKS + '[maintenance]\non_failing = ["redis"]\n')
+    assert loaded.maintenance.on_failing == ("redis",)
+    assert config.defaults().maintenance.on_failing == ()

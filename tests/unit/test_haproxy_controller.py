@@ -35,7 +35,7 @@ FAILING = CheckState(state="failing", last=failed("HTTP 500"), failure=failed("H
 
 
 def report(generation: int, sentence: str = "haproxy: 1 server(s) as desired") -> Report:
-    return Report(generation, True, None, "pid 1", sentence, [], [], [])
+    return Report(generation, True, None, "pid 1", sentence, [], [], [], {})
 
 
 def test_only_the_gating_checks_and_a_local_drain_are_handed_over():
@@ -43,6 +43,13 @@ def test_only_the_gating_checks_and_a_local_drain_are_handed_over():
     assert section is not None
     inputs = inputs_for(section, {"web1": FAILING, "other": CheckState()}, "kernel update")
     assert inputs == Inputs({"web1": FAILING}, "kernel update")
+
+
+def test_shared_checks_are_handed_over_with_the_gating_ones():
+    section = config_module.parse(CONFIG.replace('checks = ["web1"]', 'checks = ["web1"]\nshared_checks = ["other"]'))
+    assert section.haproxy is not None
+    inputs = inputs_for(section.haproxy, {"web1": FAILING, "other": FAILING, "third": FAILING}, None)
+    assert inputs == Inputs({"web1": FAILING, "other": FAILING}, None)
 
 
 def test_new_inputs_are_handed_over_and_the_old_report_is_not_passed_off_as_current():
@@ -55,11 +62,24 @@ def test_new_inputs_are_handed_over_and_the_old_report_is_not_passed_off_as_curr
     assert (current.inputs, current.sentence) == (None, "haproxy: set pretix/app1 maint")
 
 
+def test_new_inputs_that_differ_only_in_probe_details_keep_the_reports_sentence():
+    # Every probe hands new inputs over (its latency, its time); the sentence must not flip to
+    # "acting" and back each time, or loop.decided is logged twice per probe.
+    first = Inputs({"web1": FAILING}, None)
+    again = Inputs({"web1": CheckState(state="failing", last=failed("HTTP 500 (again)"), probed_at=7.0)}, None)
+    step = hand_over(Observed(again, first, 4, report(4, "haproxy: set pretix/app1 maint"), first))
+    assert (step.inputs, step.generation, step.sentence) == (again, 5, "haproxy: set pretix/app1 maint")
+    passing = Inputs({"web1": CheckState(state="failing", passes=1, last=passed("HTTP 200"))}, None)
+    rising = hand_over(Observed(passing, first, 4, report(4, "haproxy: set pretix/app1 maint"), first))
+    assert rising.sentence == "haproxy: acting on new check states"  # its latest outcome changed
+
+
 class FakeWorker:
     made: list[FakeWorker] = []
 
-    def __init__(self, section, state_dir, report, log_event, beat):
+    def __init__(self, section, state_dir, report, log_event, beat, report_within=None):
         self.report, self.updates, self.started, self.stopped = report, [], False, False
+        self.report_within = report_within
         self.beat = beat
         FakeWorker.made.append(self)
 
@@ -95,11 +115,22 @@ def test_the_worker_gets_each_change_once_and_its_report_becomes_the_status(made
     controller.reconcile(facts)
     controller.reconcile(facts)
     assert worker.updates == [({"web1": FAILING}, None, 1)]
+    assert controller.status().pending  # the worker has not acted on generation 1 yet
     worker.report(report(1, "haproxy: set pretix/app1 maint"))
     assert woken[-1] == "haproxy"
     _, sentence = controller.reconcile(facts)
     assert sentence == "haproxy: set pretix/app1 maint"
     assert controller.status().reachable is True and controller.status().socket == "/run/haproxy/admin.sock"
+    assert not controller.status().pending
+
+
+def test_the_worker_knows_how_often_each_check_reports_and_a_new_interval_replaces_it(made):
+    controller, config, _woken = made
+    assert FakeWorker.made[0].report_within == {"web1": 3.0, "other": 3.0}  # interval 2 s + timeout 1 s
+    faster = CONFIG.replace('url = "http://127.0.0.1:1/healthcheck/"',
+                            'url = "http://127.0.0.1:1/healthcheck/"\ninterval = "500ms"\ntimeout = "200ms"')
+    controller.prepare(config_module.parse(faster + f'[agent]\nstate_dir = "{config.agent.state_dir}"\n')).commit()
+    assert len(FakeWorker.made) == 2 and FakeWorker.made[1].report_within["web1"] == pytest.approx(0.7)
 
 
 def test_an_unchanged_reload_keeps_the_worker_and_a_changed_one_replaces_it(made):

@@ -188,3 +188,57 @@ def test_lock_encoding_round_trips_with_unicode_reason():
 ], ids=["absent", "touched", "text", "other-version", "ours"])
 def test_only_a_marker_the_agent_wrote_counts_as_ours(present, content, expected):
     assert m.parse_marker(present, content) == expected
+
+
+# --------------------------------------------------------------------------------------------- on_failing
+
+REDIS_MARKER = m.MarkerInfo(True, ours=True, cause="check:redis")
+ON_REDIS = m.State(True, "check:redis")
+
+
+def decide_checks(now, lock, marker, previous, failing=(), undecided=()):
+    seen = m.Observation(now=now, lock=lock, marker=marker, failing_checks=failing, undecided_checks=undecided)
+    return m.decide(WEEKLY, seen, previous)
+
+
+def test_a_failing_on_failing_check_closes_the_shop_with_its_own_cause_and_no_lock():
+    decision = decide_checks(OUTSIDE, NO_LOCK, NO_MARKER, OFF, failing=("redis",))
+    assert decision.actions == (m.WriteMarker("check:redis"),)
+    assert decision.state == ON_REDIS and decision.next_change is None
+    (event,) = decision.events
+    assert (event.name, event.fields["cause"]) == ("maintenance.enabled", "check:redis")
+    assert decision.sentence == ("maintenance on: check redis failing ([maintenance] on_failing); ends when it "
+                                 "passes again")
+    assert not any(isinstance(action, m.WriteLock) for action in decision.actions)
+
+
+def test_it_ends_by_itself_when_the_check_passes_again():
+    decision = decide_checks(OUTSIDE, NO_LOCK, REDIS_MARKER, ON_REDIS)
+    assert decision.actions == (m.RemoveMarker(),) and decision.state == OFF
+    (event,) = decision.events
+    assert (event.name, event.fields["cause"], event.fields["detail"]) == (
+        "maintenance.disabled", "check:redis", "redis passes again")
+
+
+def test_a_check_without_a_verdict_after_a_restart_keeps_the_marker_written_for_it():
+    decision = decide_checks(OUTSIDE, NO_LOCK, REDIS_MARKER, None, undecided=("redis",))
+    assert decision.actions == () and decision.state == ON_REDIS and decision.events == ()
+    # ... but not a marker written for something else
+    other = decide_checks(OUTSIDE, NO_LOCK, OUR_MARKER, OFF, undecided=("redis",))
+    assert other.actions == (m.RemoveMarker(),)
+
+
+def test_a_lock_outranks_the_check_and_unlock_leaves_the_check_in_charge():
+    locked = decide_checks(OUTSIDE, LOCK, OUR_MARKER, ON_LOCK, failing=("redis",))
+    assert locked.state == ON_LOCK and locked.actions == ()
+    assert locked.sentence.endswith("(and check redis failing ([maintenance] on_failing))")
+    unlocked = decide_checks(OUTSIDE, NO_LOCK, OUR_MARKER, ON_LOCK, failing=("redis",))
+    assert unlocked.state == ON_REDIS and unlocked.actions == (m.WriteMarker("check:redis"),)
+    assert unlocked.events == ()  # still on: no transition
+
+
+def test_a_marker_deleted_by_hand_while_the_check_fails_is_restored_with_the_reason():
+    decision = decide_checks(OUTSIDE, NO_LOCK, NO_MARKER, ON_REDIS, failing=("redis",))
+    assert decision.actions == (m.WriteMarker("check:redis"),)
+    (event,) = decision.events
+    assert event.name == "maintenance.marker_restored" and "check redis failing" in event.fields["detail"]

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from pretix_agent import config as config_module
+from pretix_agent.checks.health import CheckState
+from pretix_agent.checks.model import failed, passed
 from pretix_agent.controller import Facts, Services
 from pretix_agent.errors import ConfigError
 from pretix_agent.maintenance.controller import MaintenanceController
@@ -144,3 +146,21 @@ def test_the_window_edge_timer_is_a_file_descriptor_of_the_loop(setup):
     cycle(controller)
     (_fd, read), = controller.fds().items()
     assert read() == "timer"  # nothing happened yet
+
+
+def test_an_on_failing_check_in_the_facts_closes_the_shop_and_its_recovery_reopens_it(tmp_path):
+    events: list = []
+    state = tmp_path / "state"
+    state.mkdir()
+    config = config_module.parse(f'[agent]\nstate_dir = "{state}"\n[maintenance]\non_failing = ["redis"]\n'
+                                 '[checks.redis]\ntype = "redis"\nurl = "redis://127.0.0.1:1/0"\n')
+    controller = Watched(Services(lambda reason: None, events.append))
+    controller.prepare(config).commit()
+    down = {"redis": CheckState("failing", last=failed("connection refused", hard=True))}
+    facts, sentence = controller.reconcile(Facts(now=NOW, monotonic=0.0, checks=down))
+    assert (state / "maintenance").exists() and not (state / "maintenance.lock").exists()
+    assert facts.maintenance is not None and facts.maintenance.cause == "check:redis"
+    assert controller.status().cause == "check:redis" and "check redis failing" in sentence
+    controller.reconcile(Facts(now=NOW, monotonic=1.0, checks={"redis": CheckState("passing", last=passed("ok"))}))
+    assert not (state / "maintenance").exists()
+    assert [e.name for e in events] == ["maintenance.enabled", "maintenance.disabled"]

@@ -66,7 +66,10 @@ def test_every_real_poll_is_answered_while_clients_flood_the_port(polled, client
           f"responder {responder.counters()}")
     assert answered == polls, relay.unanswered[-5:]
     assert counts["connects"] > clients and counts["errors"] == 0
-    assert hx.stat_row("pretix", "app1").get("last_agt") == "via agent : up"
+    # haproxy's reading of the agent is still "up". Sampled at one instant under a loaded machine it
+    # once read blank right after every poll had been answered: wait for it with a deadline instead.
+    hx.wait_for(lambda: hx.stat_row("pretix", "app1").get("last_agt") == "via agent : up",
+                "haproxy to read the agent as up after the flood", timeout=10)
     assert responder.alive()
 
 

@@ -11,7 +11,7 @@ import functools
 import socket
 
 from ..config import CheckSpec, HttpCheck, PostgresCheck, RedisCheck
-from . import http, postgres, redis
+from . import celery, http, postgres, redis
 from .model import Probe
 
 
@@ -27,7 +27,9 @@ def make_probe(spec: CheckSpec) -> Probe:
         return functools.partial(postgres.probe, options)
     if spec.type == "redis" and isinstance(options, RedisCheck):
         redis.require()
-        return functools.partial(redis.probe, options, probe_key=redis_probe_key(spec.name))
+        # The memory of the queues' oldest tasks lives as long as the probe: one per check.
+        return functools.partial(redis.probe, options, probe_key=redis_probe_key(spec.name),
+                                 queue_memory=celery.QueueMemoryCell())
     if spec.type == "http" and isinstance(options, HttpCheck):
         return functools.partial(http.probe, options)
     raise ValueError(f"no probe for a check of type {spec.type!r} with {type(options).__name__} options")

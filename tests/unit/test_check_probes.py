@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pretix_agent import config
-from pretix_agent.checks import http, postgres, probes, redis
+from pretix_agent.checks import celery, http, postgres, probes, redis
 
 
 def spec(text: str) -> config.CheckSpec:
@@ -32,6 +32,13 @@ def test_redis_probe_writes_a_key_of_its_own_per_node_and_check():
     assert probe.func is redis.probe
     assert probe.keywords["probe_key"] == probes.redis_probe_key("cache")
     assert probes.redis_probe_key("cache", node="app1") == "pretix-agent:probe:app1:cache"
+
+
+def test_each_redis_check_remembers_its_queues_oldest_tasks_apart_from_every_other():
+    text = '[checks.a]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\n'
+    first, second = probes.make_probe(spec(text)), probes.make_probe(spec(text))
+    assert isinstance(first.keywords["queue_memory"], celery.QueueMemoryCell)
+    assert first.keywords["queue_memory"] is not second.keywords["queue_memory"]
 
 
 def test_an_unknown_type_is_refused():

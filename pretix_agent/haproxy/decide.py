@@ -8,7 +8,11 @@ Pure: no socket, no clock (the monotonic `now` is an argument), no logging. The 
 - Hard failures (refused, process gone) act at once. Soft ones (timeouts of an overloaded node)
   act only when another server can take the load: measured on a real two-core pretix, haproxy's
   own checks queued behind orders and marked both nodes down; taking a slow node out of a pair
-  only moves its load onto the other.
+  only moves its load onto the other. The rule holds while the failure lasts: a server taken out
+  for a soft failure is put back, at once, when no other server is left in the backend (the other
+  one drained through agent-check, failed hard, or was set to maint), since a slow server answers
+  and an empty backend answers 503 (measured in tests/pretix: a planned drain of one node while
+  the other was out for a timeout).
 - Damping: after the agent changes a server it leaves it alone for `hold_down` (a hard failure
   excepted), and sends at most `max_changes_per_minute` changes per backend.
 - Only servers the agent took out are put back: a server an operator set to maint by hand stays
@@ -148,6 +152,12 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
                         "ready_others": len(others), "min_ready": section.min_ready}))
             else:
                 desired = DRAIN if verdict == "drain" else server.on_failure
+        elif verdict == "fail" and not hard and current.admin != READY and key in memory.taken_out:
+            # Put back only into an empty backend: while another server serves, even slowly, a
+            # server that failed is no help (a 502 from its nginx is a soft failure too).
+            if not ready.get(server.backend, set()) - {server.server}:
+                desired = READY
+                because = f"{why}; put back: a soft failure, and no other server is left to take its load"
         elif verdict == "ok" and current.admin != READY and key in memory.taken_out:
             desired = READY
         elif verdict == "ok" and current.admin != READY:
@@ -155,7 +165,8 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
         if desired != current.admin:
             recent = now - last_change.get(key, float("-inf")) < section.hold_down
             capped = per_backend_changes.get(server.backend, 0) >= section.max_changes_per_minute
-            at_once = (verdict == "fail" and hard) or verdict == "drain"  # a planned drain is not a flap
+            # a planned drain is not a flap, and a backend left without a server must not wait
+            at_once = (verdict == "fail" and (hard or desired == READY)) or verdict == "drain"
             if (recent or capped) and not at_once:
                 deferred = True
                 because = f"{because}; waiting ({'hold_down' if recent else 'max_changes_per_minute'})"

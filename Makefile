@@ -16,7 +16,7 @@ DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3
 	debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian \
 	debootstrap systemd-container dpkg-dev git tzdata systemd-journal-remote
 
-.PHONY: deps demo test lint unit unit-pypi integration bench clean readme-reference deb e2e
+.PHONY: deps demo test lint unit unit-pypi integration pretix bench clean readme-reference deb e2e
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
@@ -50,7 +50,14 @@ unit-pypi: $(VENV)/.done
 integration:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
-test: deps lint unit unit-pypi integration e2e
+# The pretix tier: a real pretix from PyPI (venv and migrated database cached by version in
+# /var/cache/pretix-agent-pretix/, built here once: about 5 minutes cold, nothing warm), two
+# gunicorn nodes behind nginx, celery, PostgreSQL primary and replica, Redis, haproxy, the agent.
+pretix: deps
+	$(PYTHON) -m tests.pretix.pretix_venv
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/pretix
+
+test: deps lint unit unit-pypi integration pretix e2e
 
 bench: deps
 	$(PYTHON) -m bench

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import checks, dbus, haproxy, idle, loki, maintenance
+from . import checks, dbus, haproxy, idle, loki, maintenance, pretix
 
 BENCHMARKS = {
     "idle": lambda quick: idle.run(seconds=5.0 if quick else 30.0),
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "dbus": lambda quick: dbus.run(quick),
     "loki": loki.run,
     "haproxy": haproxy.run,
+    "pretix": pretix.run,
 }
 
 

@@ -180,8 +180,8 @@ def _node_fault(cluster: PretixCluster, name: str, node: str, fault: Callable[[]
             time.sleep(0.05)
         outcome.figures["held_s"] = round(time.monotonic() - faulted_at, 3)
         agent = cluster.lb_agent
-        outcome.figures["agent_reason"] = None if agent is None else \
-            agent.status()["checks"][f"web-{node}"]["reason"]
+        check = None if agent is None else agent.status()["checks"][f"web-{node}"]
+        outcome.figures["agent_check"] = None if check is None else {k: check[k] for k in ("state", "reason", "hard")}
         undo()
         time.sleep(1.0)  # a little load after the node is back: answers that waited on it arrive
         driver.stop()

@@ -785,6 +785,29 @@ class PretixCluster:
         return OrderDriver([self.lb.frontend(b) for b in backends], self.shop, rate=rate, run_id=run_id,
                            timeout=timeout)
 
+    def set_notification_load(self, tasks_last_minute: int) -> None:
+        """Set pretix's fair-use counter of the shop's organizer (pretix/helpers/celery.py,
+        get_task_priority): under 50 notification and webhook tasks a minute they are sent at high
+        priority (the bare `notifications` list), from 50 at priority 5 (`notifications:4`), from
+        250 at low priority (`notifications:8`). The counter lives 60 s after its last increment."""
+        key = f"pretix:task_priority:notifications:{self.shop.organizer_id}"
+        with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=0,
+                                       socket_timeout=2) as client:
+            if tasks_last_minute:
+                client.set(key, tasks_last_minute, ex=60)
+            else:
+                client.delete(key)
+
+    def purge_queues(self) -> None:
+        """Delete every task waiting in pretix's queues (with the worker stopped: a task a worker
+        runs may send more, a notify task sends one per recipient)."""
+        if self.celery.running:
+            raise FixtureError("stop the celery worker before purging its queues")
+        with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=1,
+                                       socket_timeout=2) as client:
+            keys = [key for queue in PRETIX_QUEUES for key in (queue, f"{queue}:4", f"{queue}:8")]
+            client.delete(*keys)
+
     def redis_lists(self) -> dict[str, int]:
         """Every non-empty list in the broker's database (the celery queues), by name."""
         with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=1,

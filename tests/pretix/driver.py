@@ -98,6 +98,7 @@ def request(endpoint: Endpoint, method: str, path: str, *, body: bytes | None = 
 @dataclass(frozen=True)
 class Shop:
     organizer: str
+    organizer_id: int
     event: str
     item: int
     token: str

@@ -4,7 +4,7 @@
 
 Creates (or finds) organizer "agent", event "tier" (live, in 30 days), one product "Ticket" at
 10.00 EUR in an unlimited quota, and a team with every permission whose API token the order driver
-uses; prints one JSON line: {"organizer", "event", "item", "token"}. A new token on every run.
+uses; prints one JSON line: {"organizer", "organizer_id", "event", "item", "token"}. A new token on every run.
 This file is executed by the venv's Python, never imported by the tests: it imports only pretix.
 """
 
@@ -41,7 +41,8 @@ def main() -> None:
         team, _ = Team.objects.get_or_create(organizer=organizer, name="order driver", defaults={
             "all_events": True, "all_event_permissions": True, "all_organizer_permissions": True})
         token = team.tokens.create(name="order driver")
-        print(json.dumps({"organizer": organizer.slug, "event": event.slug, "item": item.pk, "token": token.token}))
+        print(json.dumps({"organizer": organizer.slug, "organizer_id": organizer.pk, "event": event.slug,
+                          "item": item.pk, "token": token.token}))
 
 
 main()

@@ -51,8 +51,9 @@ integration:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 # The pretix tier: a real pretix from PyPI (venv and migrated database cached by version in
-# /var/cache/pretix-agent-pretix/, built here once: about 5 minutes cold, nothing warm), two
-# gunicorn nodes behind nginx, celery, PostgreSQL primary and replica, Redis, haproxy, the agent.
+# /var/cache/pretix-agent-pretix/, built once: about 1 minute for the venv and 2 for `migrate`),
+# two gunicorn nodes behind nginx, celery, PostgreSQL primary and replica, Redis, haproxy, the
+# agent. About 4 minutes warm, 7 cold, on two cores.
 pretix: deps
 	$(PYTHON) -m tests.pretix.pretix_venv
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/pretix

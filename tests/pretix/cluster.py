@@ -808,6 +808,13 @@ class PretixCluster:
             keys = [key for queue in PRETIX_QUEUES for key in (queue, f"{queue}:4", f"{queue}:8")]
             client.delete(*keys)
 
+    def oldest_message(self, key: str) -> dict[str, Any] | None:
+        """The message at the consuming end of one queue list, as kombu stored it (JSON)."""
+        with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=1,
+                                       socket_timeout=2) as client:
+            raw = client.lindex(key, -1)
+        return None if raw is None else json.loads(raw)
+
     def redis_lists(self) -> dict[str, int]:
         """Every non-empty list in the broker's database (the celery queues), by name."""
         with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=1,

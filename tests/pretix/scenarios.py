@@ -312,6 +312,11 @@ def celery_stopped(cluster: PretixCluster, *, orders: int = 3, flood_seconds: fl
             aged = _watch_broker(cluster, lambda check: check["state"] == "failing", timeout)
         if queues.first_task_at is None:
             raise FixtureError("no task ever waited in Redis")
+        # What a real pretix task looks like in Redis: what the oldest-task memory can go by.
+        message = cluster.oldest_message(next(iter(_waiting(cluster))))
+        outcome.figures["message"] = None if message is None else {
+            "top_level_keys": sorted(message), "property_keys": sorted(message.get("properties", {})),
+            "task": message.get("headers", {}).get("task")}
         waited = aged["at"] - queues.first_task_at
         outcome.figures["age"] = {
             "first_lists": queues.first_lists, "max_queue_age_s": cluster.max_queue_age,

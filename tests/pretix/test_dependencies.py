@@ -27,6 +27,9 @@ def test_a_stopped_celery_worker_fails_the_queue_check_on_age_then_on_length_nam
     assert age["values"]["queue_ages"]["notifications"] >= cluster.max_queue_age  # rounded to 0.1 s
     assert age["values"]["queues"]["notifications"] <= cluster.max_queue_length  # the age alone failed it
     assert age["consistent"]
+    message = outcome.figures["message"]  # a real task: a delivery tag, and no time it was sent
+    assert "delivery_tag" in message["property_keys"], message
+    assert "created" not in message["top_level_keys"], message  # what pretix's own /metrics reads
     length = outcome.figures["length"]
     assert re.fullmatch(rf"queue over {cluster.max_queue_length} tasks: notifications (\d+) \(notifications:4 \1\)",
                         length["reason"]), length

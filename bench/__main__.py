@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import checks, cluster, dbus, fixtures, haproxy, idle, lock_fencing, loki, maintenance, metrics
+from . import checks, cluster, dbus, fixtures, haproxy, idle, lock_fencing, loki, maintenance, metrics, pretix
 
 BENCHMARKS = {
     "idle": lambda quick: idle.run(seconds=5.0 if quick else 30.0),
@@ -24,6 +24,7 @@ BENCHMARKS = {
     "fixtures": fixtures.run,
     "cluster": lambda quick: cluster.run(trials=20 if quick else 100, baseline_trials=5 if quick else 20),
     "metrics": metrics.run,
+    "pretix": pretix.run,
 }
 
 

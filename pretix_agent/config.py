@@ -13,6 +13,7 @@ import dataclasses
 import decimal
 import difflib
 import ipaddress
+import itertools
 import json
 import math
 import os
@@ -209,6 +210,17 @@ def _ratio(value: Any) -> float:
     return float(value)
 
 
+def _priority_steps(value: Any) -> tuple[int, ...]:
+    # kombu puts step 0 in the list named after the queue and maps a priority to the highest step
+    # not above it, so the steps must start at 0 and rise.
+    if not isinstance(value, list) or not value or not all(
+            isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= 255 for step in value):
+        raise ValueError(f"expected a non-empty array of integers from 0 to 255, got {_type_name(value)}")
+    if value[0] != 0 or any(b <= a for a, b in itertools.pairwise(value)):
+        raise ValueError(f"expected steps rising from 0 such as [0, 4, 8], got {value}")
+    return tuple(value)
+
+
 def _string_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise ValueError(f"expected an array of non-empty strings, got {_type_name(value)}")
@@ -393,7 +405,8 @@ _KIND_NAMES: dict[Callable[[Any], Any], str] = {
     parse_duration: "duration", parse_size: "size", _string: "string", _nonempty_string: "string",
     _absolute_path: "absolute path", _timezone: "IANA timezone", _weekly_time: "weekday and time",
     _endpoint: "socket path or HOST:PORT", _listen: "HOST:PORT", _optional_path: "absolute path", _boolean: "boolean",
-    _ratio: "fraction", _string_list: "array of strings", _dsn: "libpq DSN or URL", _unit_list: "array of units",
+    _ratio: "fraction", _string_list: "array of strings", _priority_steps: "array of integers",
+    _dsn: "libpq DSN or URL", _unit_list: "array of units",
     _networks: "array of networks (CIDR)",
     _cluster_dsn: "libpq DSN or URL, no password", _cluster_name: "name",
 }
@@ -645,6 +658,14 @@ SCHEMA = Table("", {
             "queues": Key(_string_list, (), 'Celery queues to measure, e.g. ["default", "checkout", "mail", '
                           '"background", "notifications"].'),
             "max_queue_length": Key(_integer(1, 10**9), 1000, "Most tasks waiting in any listed queue."),
+            "max_queue_age": Key(parse_duration, 300.0, "Longest a listed queue's oldest task may stay next in "
+                                 "line (observed across probes: a lower bound, exact to one interval); a worker "
+                                 "takes a task within seconds, and 5 minutes leaves room for long exports."),
+            "queue_separator": Key(_nonempty_string, ":", "kombu's `sep` between a queue's name and its priority "
+                                   'step ("mail:4"); pretix sets ":", kombu\'s own default, written in TOML, is '
+                                   '"\\u0006\\u0016".'),
+            "priority_steps": Key(_priority_steps, (0, 4, 8), "kombu's `priority_steps`: each queue is one list per "
+                                  "step; pretix sets [0, 4, 8] (kombu's own default is [0, 3, 6, 9])."),
         }),
         "systemd": Table("systemd units, event-driven over D-Bus: a unit that fails is seen within "
                          "milliseconds.", {
@@ -706,6 +727,9 @@ class RedisCheck:
     max_master_io: float
     queues: tuple[str, ...]
     max_queue_length: int
+    max_queue_age: float = 300.0
+    queue_separator: str = ":"
+    priority_steps: tuple[int, ...] = (0, 4, 8)
 
 
 @dataclass(frozen=True)

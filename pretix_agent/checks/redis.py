@@ -7,10 +7,9 @@ handling is apart from both: `RedisConnection` (deadlines, failures as results) 
 which keeps the connection between probes (checks/keeper.py). redis is imported only when a probe
 is made.
 
-Celery (kombu's Redis transport) keeps each queue as a list named after it, plus one list per
-priority step ("mail\\x06\\x163", ...\\x06\\x166, ...\\x06\\x169) for tasks sent with a priority;
-a queue's depth is the sum of their lengths. The age of the oldest waiting task is not measured:
-a waiting celery message carries no time it was sent (see docs/checks.md).
+Celery queues (kombu's Redis transport) are one list per priority step, named as pretix configures
+kombu by default ("mail", "mail:4", "mail:8"); a queue's depth is the sum of their lengths, and the
+age of its oldest task is observed across probes (checks/celery.py, which holds that logic).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from . import celery
 from .keeper import ConnectionKeeper, ConnectionLost
 from .model import Deadline, ProbeResult, ProbeStopped, failed, passed, unknown
 from .sockets import SocketBreaker, readable_now
@@ -29,8 +29,6 @@ from .text import one_line, scrub
 if TYPE_CHECKING:
     from ..config import RedisCheck
 
-# kombu.transport.redis: PRIORITY_STEPS = [0, 3, 6, 9], list name = queue + "\x06\x16" + step (not for 0).
-KOMBU_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 PROBE_KEY_PREFIX = "pretix-agent:probe:"
 PROBE_KEY_TTL_MS = 60_000
 
@@ -62,6 +60,7 @@ class RedisObservation:
     used_memory: int | None = None
     maxmemory: int | None = None  # 0: unlimited
     queue_depths: Mapping[str, int | None] = field(default_factory=dict)  # None: not a list
+    queue_readings: Mapping[str, celery.QueueReading] = field(default_factory=dict)  # lists and oldest task
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +100,9 @@ def classify(seen: RedisObservation, options: RedisCheck) -> ProbeResult:
                       master_link_down_since_seconds=seen.master_link_down_since_seconds)
     if options.queues:
         values["queues"] = dict(seen.queue_depths)
+        values["queue_ages"] = {name: _age(seen.queue_readings.get(name)) for name in seen.queue_depths}
+        values["queue_lists"] = {key: length for reading in seen.queue_readings.values()
+                                 for key, length in reading.lists.items()}
 
     problems: list[str] = []
     unmeasured: list[str] = []
@@ -124,10 +126,16 @@ def classify(seen: RedisObservation, options: RedisCheck) -> ProbeResult:
                             f"(max {options.max_master_io:g} s)")
     if ratio is not None and ratio > options.max_memory_ratio:
         problems.append(f"memory at {ratio:.0%} of maxmemory (max {options.max_memory_ratio:.0%})")
-    long_queues = [f"{name} {depth}" for name, depth in seen.queue_depths.items()
+    long_queues = [f"{name} {depth}{_in_lists(seen.queue_readings.get(name))}"
+                   for name, depth in seen.queue_depths.items()
                    if depth is not None and depth > options.max_queue_length]
     if long_queues:
         problems.append(f"queue over {options.max_queue_length} tasks: {', '.join(long_queues)}")
+    old_queues = [f"{name} in {reading.oldest_list} for {reading.oldest_seconds:.0f} s"
+                  for name, reading in seen.queue_readings.items()
+                  if reading.oldest_seconds is not None and reading.oldest_seconds > options.max_queue_age]
+    if old_queues:
+        problems.append(f"oldest task waiting over {options.max_queue_age:g} s: {', '.join(old_queues)}")
     unmeasured.extend(f"queue {name} is not a list" for name, depth in seen.queue_depths.items() if depth is None)
 
     if problems:
@@ -141,8 +149,26 @@ def classify(seen: RedisObservation, options: RedisCheck) -> ProbeResult:
         parts.append(f"master link up, last I/O {seen.master_last_io_seconds_ago} s ago")
     parts.append("no maxmemory" if ratio is None else f"memory at {ratio:.0%} of maxmemory")
     if seen.queue_depths:
-        parts.append("queues " + ", ".join(f"{name} {depth}" for name, depth in seen.queue_depths.items()))
+        parts.append("queues " + ", ".join(f"{name} {depth}{_oldest(seen.queue_readings.get(name))}"
+                                           for name, depth in seen.queue_depths.items()))
     return passed(", ".join(parts), **values)
+
+
+def _age(reading: celery.QueueReading | None) -> float | None:
+    return None if reading is None or reading.oldest_seconds is None else round(reading.oldest_seconds, 1)
+
+
+def _in_lists(reading: celery.QueueReading | None) -> str:
+    """Where a long queue's tasks wait, " (default:4 8, default 2)"; nothing when not known."""
+    if reading is None or not reading.lists:
+        return ""
+    return " (" + ", ".join(f"{key} {length}" for key, length in reading.lists.items()) + ")"
+
+
+def _oldest(reading: celery.QueueReading | None) -> str:
+    if reading is None or reading.oldest_seconds is None:
+        return ""
+    return f" (oldest {reading.oldest_seconds:.0f} s in {reading.oldest_list})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +195,7 @@ class RedisProbe:
         client_name = client_name_for(check_name)
         self.keeper: ConnectionKeeper[RedisConnection] = ConnectionKeeper(
             lambda: RedisConnection(options.url, client_name), keep)
+        self.queue_memory = celery.QueueMemoryCell()  # the queues' oldest tasks, from probe to probe
 
     def __call__(self, deadline: Deadline) -> ProbeResult:
         try:
@@ -181,13 +208,18 @@ class RedisProbe:
         self.keeper.close()
 
     def _observe(self, connection: RedisConnection, deadline: Deadline) -> RedisObservation:
-        return connection.measure(deadline, lambda client, step: observe(client, self.options, self.probe_key, step))
+        return connection.measure(deadline, lambda client, step: observe(client, self.options, self.probe_key, step,
+                                                                         self.queue_memory))
 
 
-def probe(options: RedisCheck, deadline: Deadline, probe_key: str = PROBE_KEY_PREFIX + "probe") -> ProbeResult:
+def probe(options: RedisCheck, deadline: Deadline, probe_key: str = PROBE_KEY_PREFIX + "probe",
+          queue_memory: celery.QueueMemoryCell | None = None) -> ProbeResult:
     """One probe of the server at `options.url` over a new connection, closed after it: what every
-    probe cost before connections were kept."""
+    probe cost before connections were kept. `queue_memory` carries the queues' oldest tasks from
+    one such probe to the next (without it, every oldest task is seen for the first time: age 0)."""
     once = RedisProbe(options, probe_key, keep=False)
+    if queue_memory is not None:
+        once.queue_memory = queue_memory
     try:
         return once(deadline)
     finally:
@@ -201,9 +233,12 @@ class Step:
         self.name = name
 
 
-def observe(client: Any, options: RedisCheck, probe_key: str, step: Step) -> RedisObservation:
+def observe(client: Any, options: RedisCheck, probe_key: str, step: Step,
+            queue_memory: celery.QueueMemoryCell | None = None) -> RedisObservation:
     """Measure the server over `client`, a connected redis-py client, naming each step in `step`.
-    redis-py's exceptions pass through (RedisConnection.measure turns them into results)."""
+    redis-py's exceptions pass through (RedisConnection.measure turns them into results).
+    `queue_memory` carries the queues' oldest tasks from one probe of the check to the next
+    (without it, every oldest task is seen for the first time: age 0)."""
     import redis
 
     step.name = "PING"
@@ -220,14 +255,21 @@ def observe(client: Any, options: RedisCheck, probe_key: str, step: Step) -> Red
     client.set_response_callback("INFO", info_fields)
     info = client.info()
     step.name = "queue lengths"
-    depths = {queue: _queue_depth(client, queue, redis.exceptions.ResponseError) for queue in options.queues}
+    keys = {queue: celery.queue_keys(queue, options.queue_separator, options.priority_steps)
+            for queue in options.queues}
+    heads = celery.read_lists(client, [key for names in keys.values() for key in names],
+                              redis.exceptions.ResponseError)
+    now = time.monotonic()
+    memory = queue_memory if queue_memory is not None else celery.QueueMemoryCell()
+    memory.value = celery.remember(memory.value, heads, now)
+    readings = celery.summarize(keys, heads, memory.value, now)
     return RedisObservation(
         ping_seconds=ping_seconds, write=write, write_error=write_error,
         role=info.get("role"), master_link_status=info.get("master_link_status"),
         master_last_io_seconds_ago=info_seconds(info.get("master_last_io_seconds_ago")),
         master_link_down_since_seconds=info_seconds(info.get("master_link_down_since_seconds")),
         used_memory=_int_or_none(info.get("used_memory")), maxmemory=_int_or_none(info.get("maxmemory")),
-        queue_depths=depths)
+        queue_depths={queue: reading.depth for queue, reading in readings.items()}, queue_readings=readings)
 
 
 def info_fields(response: Any, **_options: Any) -> dict[str, str]:
@@ -382,18 +424,6 @@ def _write_probe(client: Any, key: str, exceptions: Any) -> tuple[str, str | Non
             return WRITE_DENIED, text
         return WRITE_REFUSED, text
     return WRITE_OK, None
-
-
-def _queue_depth(client: Any, queue: str, response_error: type[Exception]) -> int | None:
-    """Tasks waiting in a celery queue: the lengths of its list and its priority lists summed;
-    None if one of them is not a list (WRONGTYPE: not a celery queue)."""
-    total = 0
-    for suffix in KOMBU_PRIORITY_SUFFIXES:
-        try:
-            total += int(client.llen(queue + suffix))
-        except response_error:
-            return None
-    return total
 
 
 def _failure(error: BaseException, deadline: Deadline, target: str, phase: str, secrets: list[str]) -> ProbeResult:

@@ -26,6 +26,10 @@ logging. The rules (SPEC 5):
   `flap_window` halves that again. Measured: a fixed 10 s hold-down kept a node out 10.3 s after a
   2.2 s overload while the other node carried everything and began to time out itself.
 - At most `max_changes_per_minute` changes per backend (hard failures and planned drains excepted).
+- A server taken out for a soft failure is put back at once when no other server is left in its
+  backend (the other drained through agent-check, failed hard, or set to maint): a slow server
+  answers, an empty backend answers 503 (measured in tests/pretix: a planned drain of one node
+  while the other was out for a timeout).
 - Only servers the agent took out are put back: a server an operator set to maint by hand stays
   in maint (the agent never undoes a human act).
 """
@@ -296,6 +300,12 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
                         "ready_others": len(others), "min_ready": section.min_ready}))
             else:
                 desired = DRAIN if kind == "drain" else server.on_failure
+        elif kind == "fail" and not hard and current.admin != READY and key in memory.taken_out:
+            # Put back only into an empty backend: while another server serves, even slowly, a
+            # server that failed is no help (a 502 from its nginx is a soft failure too).
+            if not ready.get(server.backend, set()) - {server.server}:
+                desired = READY
+                because = f"{why}; put back: a soft failure, and no other server is left to take its load"
         elif kind == "ok" and current.admin != READY and key in memory.taken_out:
             if hold_until is not None:
                 deferred = True
@@ -309,7 +319,8 @@ def decide(section: HaproxySection, checks: Mapping[str, CheckState], actual: Ma
             because = f"{current.admin} was set by someone else: left as it is"
         if desired != current.admin:
             capped = per_backend_changes.get(server.backend, 0) >= section.max_changes_per_minute
-            at_once = (kind == "fail" and hard) or kind == "drain"  # a planned drain is not a flap
+            # a planned drain is not a flap, and a backend left without a server must not wait
+            at_once = (kind == "fail" and (hard or desired == READY)) or kind == "drain"
             if capped and not at_once:
                 deferred = True
                 waits.append(oldest_change.get(server.backend, now) + RATE_WINDOW)

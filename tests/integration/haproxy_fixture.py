@@ -331,7 +331,8 @@ class HaproxyFixture:
 
     Options (the configuration is rewritten by `configure()` before a reload or restart too):
     - `http_check`: haproxy's own HTTP check (`option httpchk`, GET /healthcheck/ with a Host
-      header) at `check_inter`/`fall`/`rise` (haproxy's defaults: 2s, 3, 2).
+      header) at `check_inter`/`fall`/`rise` (haproxy's defaults: 2s, 3, 2), each check given
+      `check_timeout` to answer.
     - `agent_ports`: {server: port} adds `agent-check agent-addr 127.0.0.1 agent-port P
       agent-inter <agent_inter>` to those servers.
     - `retry_on`: the backend's `retry-on` (conn-failure only by default: SPEC 5).
@@ -341,7 +342,8 @@ class HaproxyFixture:
     """
 
     def __init__(self, servers: int = 2, *, http_check: bool = False, check_inter: str = "2s", fall: int = 3,
-                 rise: int = 2, agent_ports: Mapping[str, int] | None = None, agent_inter: str = "500ms",
+                 rise: int = 2, check_timeout: str = "1s", agent_ports: Mapping[str, int] | None = None,
+                 agent_inter: str = "500ms",
                  retry_on: str = "conn-failure", server_timeout: str = "10s",
                  server_options: Mapping[str, str] | None = None,
                  tcp_sections: Mapping[str, list[TcpServer]] | None = None, base_dir: str | Path | None = None,
@@ -352,6 +354,7 @@ class HaproxyFixture:
         self.check_inter = check_inter
         self.fall = fall
         self.rise = rise
+        self.check_timeout = check_timeout
         self.agent_ports = dict(agent_ports or {})
         self.agent_inter = agent_inter
         self.retry_on = retry_on
@@ -460,7 +463,7 @@ class HaproxyFixture:
             "    timeout connect 1s\n"
             "    timeout client 10s\n"
             f"    timeout server {self.server_timeout}\n"
-            "    timeout check 1s\n"
+            f"    timeout check {self.check_timeout}\n"
             "    load-server-state-from-file global\n"
             "\n"
             "frontend fe\n"

@@ -292,9 +292,13 @@ class PgServer:
     def __init__(
         self, name: str, cluster_name: str, datadir: Path, socket_dir: Path, log_path: Path, run_as: _RunAs,
         listen_addresses: str = "127.0.0.1",
+        tcp: bool = True,
     ):
         self.name = name
         self.listen_addresses = listen_addresses
+        # tcp=False: the Unix socket only (listen_addresses=''); the port then only names the socket
+        # file in this server's own directory, so no TCP port is taken from anyone.
+        self.tcp = tcp
         self.cluster_name = cluster_name  # process titles are "postgres: <cluster_name>: ..."
         self.datadir = datadir
         self.socket_dir = socket_dir
@@ -381,7 +385,7 @@ class PgServer:
             port = self.port
         self._run_as.chown(self.socket_dir)
         for attempt in range(5):
-            self.port = port if port is not None else candidate_port()
+            self.port = port if port is not None else (candidate_port() if self.tcp else 5432)
             self._spawn()
             try:
                 self.wait_ready(timeout)
@@ -398,7 +402,7 @@ class PgServer:
             str(PG_BINDIR / "postgres"),
             "-D", str(self.datadir),
             "-c", f"port={self.port}",
-            "-c", f"listen_addresses={self.listen_addresses}",
+            "-c", f"listen_addresses={self.listen_addresses if self.tcp else ''}",
             "-c", f"unix_socket_directories={self.socket_dir}",
             "-c", f"cluster_name={self.cluster_name}",
         ]  # fmt: skip
@@ -506,11 +510,18 @@ class PgReplicationCluster(ServerGroup[PgServer]):
         keep_dir: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         listen_addresses: str = "127.0.0.1",
+        tcp: bool = True,
+        template: Path | None = None,
     ) -> None:
         self.with_replica = with_replica
         # "*" only where the servers run in a network namespace of their own (tests/integration/netns_fixture.py)
         self.listen_addresses = listen_addresses
         self.timeout = timeout
+        # tcp=False: both servers on Unix sockets only, the replica streaming over the primary's socket.
+        self.tcp = tcp
+        # A data directory to copy instead of a fresh initdb (one holding a migrated application
+        # database, say); it must have been shut down cleanly.
+        self.template = template
         self.agent_password = AGENT_PASSWORD
         self.timings: dict[str, float] = {}
         self._run_as = _RunAs()
@@ -555,7 +566,7 @@ class PgReplicationCluster(ServerGroup[PgServer]):
         self._run_as.chown(self.base_dir)
         datadir = self.base_dir / "primary"
         t = time.monotonic()
-        template = _initdb_template(self._run_as, self.timeout * 2)
+        template = self.template or _initdb_template(self._run_as, self.timeout * 2)
         self.timings["initdb"] = time.monotonic() - t  # ~0 unless this is the first cluster
         t = time.monotonic()
         # cp -a keeps owner (postgres) and modes (0700) of the template
@@ -575,18 +586,20 @@ class PgReplicationCluster(ServerGroup[PgServer]):
             self.base_dir / "primary.log",
             self._run_as,
             self.listen_addresses,
+            self.tcp,
         )
         self._res.servers.append(self.primary)
         t = time.monotonic()
         self.primary.start(self.timeout)
         self.timings["primary_start"] = time.monotonic() - t
-        self.primary.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_monitor").format(
-                sql.Identifier(AGENT_ROLE), sql.Literal(self.agent_password)
+        if not self.primary.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", [AGENT_ROLE]):  # a template's
+            self.primary.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_monitor").format(
+                    sql.Identifier(AGENT_ROLE), sql.Literal(self.agent_password)
+                )
             )
-        )
         self.primary.execute(
-            f"CREATE TABLE {LOAD_TABLE} (id bigserial PRIMARY KEY, payload text NOT NULL,"
+            f"CREATE TABLE IF NOT EXISTS {LOAD_TABLE} (id bigserial PRIMARY KEY, payload text NOT NULL,"
             " created_at timestamptz NOT NULL DEFAULT clock_timestamp())"
         )
         self.primary.execute(f"GRANT SELECT ON {LOAD_TABLE} TO {AGENT_ROLE}")
@@ -596,8 +609,8 @@ class PgReplicationCluster(ServerGroup[PgServer]):
         # -R writes standby.signal and a primary_conninfo built from *this* connection string,
         # so the replica streams over TCP with application_name=replica and connect_timeout=2.
         conninfo = make_conninfo(
-            host="127.0.0.1", port=self.primary.port, user=SUPERUSER, application_name="replica",
-            connect_timeout=2,
+            host="127.0.0.1" if self.tcp else str(self.primary.socket_dir), port=self.primary.port, user=SUPERUSER,
+            application_name="replica", connect_timeout=2,
         )
         t = time.monotonic()
         self._run_tool(
@@ -623,6 +636,7 @@ class PgReplicationCluster(ServerGroup[PgServer]):
             self.base_dir / "replica.log",
             self._run_as,
             self.listen_addresses,
+            self.tcp,
         )
         self._res.servers.append(self.replica)
         t = time.monotonic()

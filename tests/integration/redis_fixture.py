@@ -24,8 +24,10 @@ Read-only endpoint: Redis has no switch to make a master read-only; a replica wi
 only replica.``, redis-py ``ReadOnlyError``). ``replica_url()`` is such an endpoint.
 
 Celery queues (kombu's Redis transport, what celery uses with a redis:// broker):
-  * each queue is a Redis LIST named after the queue (``default``, ``checkout``, ``mail``, ...);
-    messages with priority > 0 go to separate lists ``<queue>\\x06\\x16<3|6|9>`` (``celery_queue_key``).
+  * each queue is a Redis LIST named after the queue (``default``, ``checkout``, ``mail``, ...) for
+    priority step 0, and one list ``<queue><sep><step>`` per other step (``celery_queue_key``). pretix
+    sets ``sep ":"`` and steps ``[0, 4, 8]`` and sends at priority 5 (``default:4``); kombu's defaults
+    are ``"\\x06\\x16"`` and ``[0, 3, 6, 9]``. The helpers here use pretix's layout unless told.
   * publishing is ``LPUSH queue <json>``, workers take from the other end with ``BRPOP``, so the
     *oldest* waiting message is ``LINDEX queue -1`` and the depth is ``LLEN queue``.
   * a message a worker has taken but not yet acknowledged is no longer in the list: it sits in the hash
@@ -79,9 +81,11 @@ REDIS_SERVER = os.environ.get("PRETIX_AGENT_TEST_REDIS_SERVER", "/usr/bin/redis-
 DEFAULT_TIMEOUT = 20.0
 FILL_PREFIX = "fixture:fill:"
 
-# celery/kombu constants (kombu.transport.redis)
+# celery/kombu constants (kombu.transport.redis), and pretix's (pretix/settings.py)
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 KOMBU_SEP = "\x06\x16"
+PRETIX_PRIORITY_STEPS = (0, 4, 8)
+PRETIX_SEP = ":"
 PRETIX_QUEUES = ("default", "checkout", "mail", "background", "notifications")
 
 COMMON_CONFIG: dict[str, str] = {
@@ -438,6 +442,8 @@ class RedisReplicationPair(ServerGroup[RedisServer]):
         *,
         task: str | None = None,
         server: str = "master",
+        sep: str = PRETIX_SEP,
+        steps: Sequence[int] = PRETIX_PRIORITY_STEPS,
         **message_kwargs: Any,
     ) -> list[dict[str, Any]]:
         """LPUSH ``n`` realistic celery task messages onto ``queue`` (as kombu does); return them,
@@ -448,7 +454,7 @@ class RedisReplicationPair(ServerGroup[RedisServer]):
         if not messages:
             return []
         with self.client(server) as c:
-            key = celery_queue_key(queue, messages[0]["properties"]["priority"])
+            key = celery_queue_key(queue, messages[0]["properties"]["priority"], sep, steps)
             c.lpush(key, *(json.dumps(m) for m in messages))  # LPUSH a b c -> list c b a: a is oldest
         return messages
 
@@ -456,10 +462,11 @@ class RedisReplicationPair(ServerGroup[RedisServer]):
 # ---------------------------------------------------------------------------------------------- celery
 
 
-def celery_queue_key(queue: str, priority: int = 0) -> str:
+def celery_queue_key(queue: str, priority: int = 0, sep: str = PRETIX_SEP,
+                     steps: Sequence[int] = PRETIX_PRIORITY_STEPS) -> str:
     """The Redis list kombu uses for ``queue`` at ``priority`` (kombu ``Channel._q_for_pri``)."""
-    step = max(s for s in KOMBU_PRIORITY_STEPS if s <= max(0, priority))
-    return f"{queue}{KOMBU_SEP}{step}" if step else queue
+    step = max(s for s in steps if s <= max(0, priority))
+    return f"{queue}{sep}{step}" if step else queue
 
 
 def celery_message(

@@ -10,6 +10,7 @@ from functools import partial
 import pytest
 import redis as redis_py
 
+from pretix_agent.checks import celery
 from pretix_agent.checks import redis as redis_check
 from pretix_agent.checks.model import Deadline
 from pretix_agent.config import RedisCheck
@@ -44,19 +45,20 @@ def pair(rp):
     rp.set_maxmemory(0)
     rp.clear_fill()
     with rp.client() as c:
-        c.delete(*(queue + suffix for queue in redis_fixture.PRETIX_QUEUES
-                   for suffix in redis_check.KOMBU_PRIORITY_SUFFIXES))
+        c.delete(*(key for queue in redis_fixture.PRETIX_QUEUES
+                   for layout in ((":", (0, 4, 8)), ("\x06\x16", (0, 3, 6, 9)))
+                   for key in celery.queue_keys(queue, *layout)))
     rp.wait_link("up", timeout=15)
 
 
 def check(url: str, **changes) -> RedisCheck:
     base = RedisCheck(url=url, write_probe=True, max_latency=0.25, max_memory_ratio=0.95, max_master_io=30.0,
-                      queues=(), max_queue_length=1000)
+                      queues=(), max_queue_length=1000, max_queue_age=300.0)
     return dataclasses.replace(base, **changes)
 
 
-def probe(options: RedisCheck, timeout: float = TIMEOUT):
-    return redis_check.probe(options, Deadline(timeout), probe_key=KEY)
+def probe(options: RedisCheck, timeout: float = TIMEOUT, memory: celery.QueueMemoryCell | None = None):
+    return redis_check.probe(options, Deadline(timeout), probe_key=KEY, queue_memory=memory)
 
 
 def test_healthy_master_passes_and_the_write_probe_leaves_a_key_that_expires(pair):
@@ -83,14 +85,41 @@ def test_the_replica_passes_reads_reports_its_link_and_fails_the_write_probe_as_
     assert not result.hard
 
 
-def test_a_queue_over_the_limit_fails_with_every_depth_counting_priority_lists(pair):
+def test_a_queue_over_the_limit_fails_with_every_depth_counting_pretix_priority_lists(pair):
     pair.push_celery_messages("mail", 4)
-    pair.push_celery_messages("mail", 2, priority=5)  # kombu puts these on "mail\x06\x163"
-    pair.push_celery_messages("checkout", 1)
+    pair.push_celery_messages("mail", 2, priority=5)  # pretix's default priority: kombu puts these on "mail:4"
+    pair.push_celery_messages("checkout", 1, priority=9)  # pretix's low priority: "checkout:8"
     result = probe(check(pair.url(), queues=redis_fixture.PRETIX_QUEUES, max_queue_length=5))
     assert result.outcome == "fail"
-    assert result.reason == "queue over 5 tasks: mail 6"
+    assert result.reason == "queue over 5 tasks: mail 6 (mail 4, mail:4 2)"
     assert result.values["queues"] == {"default": 0, "checkout": 1, "mail": 6, "background": 0, "notifications": 0}
+    assert result.values["queue_lists"] == {"checkout:8": 1, "mail": 4, "mail:4": 2}
+
+
+def test_kombus_own_layout_is_read_when_configured(pair):
+    pair.push_celery_messages("mail", 3, priority=5, sep="\x06\x16", steps=(0, 3, 6, 9))  # "mail\x06\x163"
+    kombu = probe(check(pair.url(), queues=("mail",), queue_separator="\x06\x16", priority_steps=(0, 3, 6, 9)))
+    assert kombu.values["queues"] == {"mail": 3}
+    assert probe(check(pair.url(), queues=("mail",))).values["queues"] == {"mail": 0}
+
+
+def test_the_oldest_task_ages_across_probes_until_a_worker_takes_it_and_then_fails_over_max_queue_age(pair):
+    memory = celery.QueueMemoryCell()
+    options = check(pair.url(), queues=("default",), max_queue_age=0.2)
+    pair.push_celery_messages("default", 2, priority=5)
+    first = probe(options, memory=memory)
+    assert first.outcome == "pass", first.reason
+    assert first.values["queue_ages"] == {"default": 0.0}
+    pair.push_celery_messages("default", 1, priority=5)  # newer tasks do not reset the age of the oldest
+    aged = wait_until(lambda: (r := probe(options, memory=memory)).outcome == "fail" and r, timeout=10,
+                      message="the oldest task to pass max_queue_age")
+    assert aged.reason.startswith("oldest task waiting over 0.2 s: default in default:4 for ")
+    assert aged.values["queue_ages"]["default"] >= 0.2  # rounded to 0.1 s in the values
+    with pair.client() as c:  # a worker takes the oldest task: the next one is new at the head
+        c.rpop("default:4")
+    taken = probe(options, memory=memory)
+    assert taken.outcome == "pass", taken.reason
+    assert taken.values["queue_ages"] == {"default": 0.0}
 
 
 def test_memory_over_the_ratio_fails_and_a_full_redis_refuses_the_write_probe(pair):
@@ -142,7 +171,7 @@ def test_abort_frees_a_probe_waiting_on_a_stopped_redis_long_before_its_timeout(
 def test_a_least_privilege_acl_user_can_run_every_part_of_the_probe_and_a_wrong_password_fails(pair):
     with pair.client() as c:  # the ACL from docs/checks.md
         c.execute_command("ACL", "SETUSER", "pretix-agent", "on", ">agent-Pw-1", "resetkeys", "%R~*",
-                          "%W~pretix-agent:probe:*", "-@all", "+ping", "+info", "+llen", "+set")
+                          "%W~pretix-agent:probe:*", "-@all", "+ping", "+info", "+llen", "+lindex", "+set")
     url = f"redis://pretix-agent:agent-Pw-1@127.0.0.1:{pair.master.port}/0"
     result = probe(check(url, queues=("default", "mail")))
     assert result.outcome == "pass", result.reason

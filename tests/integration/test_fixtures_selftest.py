@@ -269,7 +269,9 @@ def test_fake_celery_messages_are_kombu_shaped_counted_by_llen_and_the_oldest_is
     args, kwargs, embed = redis_fixture.decode_celery_body(oldest)
     assert (args, kwargs) == (["order-1"], {"to": "a@example.org"})
     assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
-    assert redis_fixture.celery_queue_key("mail", 5) == "mail\x06\x163"
+    assert redis_fixture.celery_queue_key("mail", 5) == "mail:4"  # pretix: sep ":", steps 0, 4, 8
+    assert redis_fixture.celery_queue_key("mail", 5, redis_fixture.KOMBU_SEP, redis_fixture.KOMBU_PRIORITY_STEPS) \
+        == "mail\x06\x163"
 
 
 @needs_redis

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pretix_agent import config
-from pretix_agent.checks import http, postgres, probes, redis
+from pretix_agent.checks import celery, http, postgres, probes, redis
 
 
 def spec(text: str) -> config.CheckSpec:
@@ -37,6 +37,13 @@ def test_redis_probe_writes_a_key_of_its_own_per_node_and_check_and_names_its_co
     assert probes.redis_probe_key("cache", node="app1") == "pretix-agent:probe:app1:cache"
     assert redis.client_name_for("cache") == "pretix-agent:check:cache"
     assert redis.client_name_for("my cache\n") == "pretix-agent:check:my_cache_"  # no spaces in a Redis name
+
+
+def test_each_redis_check_remembers_its_queues_oldest_tasks_apart_from_every_other():
+    text = '[checks.a]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\n'
+    first, second = probes.make_probe(spec(text)), probes.make_probe(spec(text))
+    assert isinstance(first.queue_memory, celery.QueueMemoryCell)
+    assert first.queue_memory is not second.queue_memory
 
 
 def test_an_unknown_type_is_refused():

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from pretix_agent.checks import redis as redis_check
+from pretix_agent.checks.celery import QueueReading
 from pretix_agent.checks.model import Deadline
 from pretix_agent.checks.redis import (
     WRITE_DENIED,
@@ -22,7 +23,7 @@ from pretix_agent.config import RedisCheck
 
 def options(**changes) -> RedisCheck:
     base = RedisCheck(url="redis://127.0.0.1:6379/0", write_probe=True, max_latency=0.25, max_memory_ratio=0.95,
-                      max_master_io=30.0, queues=(), max_queue_length=1000)
+                      max_master_io=30.0, queues=(), max_queue_length=1000, max_queue_age=300.0)
     return dataclasses.replace(base, **changes)
 
 
@@ -130,6 +131,43 @@ def test_short_queues_pass_and_appear_in_the_sentence():
     result = classify(master(queue_depths={"default": 2, "mail": 0}), options(queues=("default", "mail")))
     assert result.outcome == "pass"
     assert result.reason.endswith("queues default 2, mail 0")
+
+
+def with_readings(readings: dict[str, QueueReading]) -> RedisObservation:
+    return master(queue_depths={name: reading.depth for name, reading in readings.items()}, queue_readings=readings)
+
+
+def test_pretix_priority_lists_count_and_a_long_queue_names_the_lists_its_tasks_wait_in():
+    seen = with_readings({"default": QueueReading(depth=8, lists={"default:4": 8}, oldest_seconds=3.0,
+                                                  oldest_list="default:4"),
+                          "mail": QueueReading(depth=0)})
+    result = classify(seen, options(queues=("default", "mail"), max_queue_length=5))
+    assert result.outcome == "fail"
+    assert result.reason == "queue over 5 tasks: default 8 (default:4 8)"
+    assert result.values["queues"] == {"default": 8, "mail": 0}
+    assert result.values["queue_lists"] == {"default:4": 8}
+
+
+def test_an_oldest_task_waiting_over_max_queue_age_fails_naming_the_queue_its_list_and_the_age():
+    seen = with_readings({"default": QueueReading(depth=4, lists={"default:4": 4}, oldest_seconds=12.4,
+                                                  oldest_list="default:4"),
+                          "checkout": QueueReading(depth=1, lists={"checkout:4": 1}, oldest_seconds=2.0,
+                                                   oldest_list="checkout:4")})
+    result = classify(seen, options(queues=("default", "checkout"), max_queue_age=10.0))
+    assert result.outcome == "fail"
+    assert not result.hard
+    assert result.reason == "oldest task waiting over 10 s: default in default:4 for 12 s"
+    assert result.values["queue_ages"] == {"default": 12.4, "checkout": 2.0}
+
+
+def test_queue_ages_within_the_limit_pass_and_appear_in_the_sentence_empty_queues_have_none():
+    seen = with_readings({"default": QueueReading(depth=2, lists={"default:4": 2}, oldest_seconds=1.0,
+                                                  oldest_list="default:4"),
+                          "mail": QueueReading(depth=0)})
+    result = classify(seen, options(queues=("default", "mail")))
+    assert result.outcome == "pass"
+    assert result.reason.endswith("queues default 2 (oldest 1 s in default:4), mail 0")
+    assert result.values["queue_ages"] == {"default": 1.0, "mail": None}
 
 
 def test_a_queue_name_that_is_not_a_list_is_unknown():

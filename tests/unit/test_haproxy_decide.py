@@ -83,6 +83,37 @@ def test_soft_failure_acts_when_another_healthy_server_takes_the_load():
     assert decision.actions == (out("app1", "web-app1: timeout: no answer within 1 s", "drain"),)
 
 
+def test_a_server_out_for_a_soft_failure_comes_back_at_once_when_no_other_healthy_server_is_left():
+    # The other server was drained (weight 0 through agent-check: not up for decide) meanwhile.
+    actual = {("pretix", "app1"): Actual("ready", False), ("pretix", "app2"): up("maint")}
+    memory = Memory(taken_out=frozenset({("pretix", "app2")}), changes=((99.0, "pretix", "app2"),))
+    decision = decide(section(), {"web-app1": PASS, "web-app2": SOFT}, actual, memory, 100.0)
+    assert decision.actions == (SetState("pretix", "app2", "ready", "web-app2: timeout: no answer within 1 s"),)
+    report = {r.server: r for r in decision.reports}["app2"]
+    assert report.why.endswith("put back: a soft failure, and no other server is left to take its load")
+
+
+def test_a_server_out_for_a_soft_failure_stays_out_while_another_server_serves_even_a_failing_one():
+    actual = {("pretix", "app1"): up(), ("pretix", "app2"): up("maint")}
+    memory = Memory(taken_out=frozenset({("pretix", "app2")}))
+    for app1 in (PASS, SOFT):  # a slow app1 still answers; app2's nginx may answer nothing but 502
+        decision = decide(section(), {"web-app1": app1, "web-app2": SOFT}, actual, memory, 100.0)
+        assert decision.actions == ()
+
+
+def test_a_server_out_for_a_hard_failure_stays_out_even_when_it_was_the_last():
+    actual = {("pretix", "app1"): Actual("ready", False), ("pretix", "app2"): up("maint")}
+    memory = Memory(taken_out=frozenset({("pretix", "app2")}))
+    decision = decide(section(), {"web-app1": PASS, "web-app2": HARD}, actual, memory, 100.0)
+    assert decision.actions == ()
+
+
+def test_a_server_someone_else_took_out_is_not_put_back_for_lack_of_others():
+    actual = {("pretix", "app1"): Actual("ready", False), ("pretix", "app2"): up("maint")}
+    decision = decide(section(), {"web-app1": PASS, "web-app2": SOFT}, actual, Memory(), 100.0)
+    assert decision.actions == ()
+
+
 def test_hard_failure_of_every_server_keeps_the_last_min_ready_and_says_why():
     decision = decide(section(), {"web-app1": HARD, "web-app2": HARD}, ALL_READY, Memory(), 100.0)
     assert [a.server for a in decision.actions] == ["app1"]

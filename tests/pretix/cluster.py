@@ -1,0 +1,855 @@
+"""A real pretix cluster on one machine, for the pretix tier and the pretix benchmark. Plain classes:
+
+    with PretixCluster() as cluster:            # about a minute with warm caches
+        cluster.orders(rate=5)                  # an OrderDriver through haproxy's "pretix" frontend
+        cluster.nodes["app1"].kill()            # SIGKILL gunicorn (master and workers)
+        cluster.nodes["app1"].start()
+
+What runs (every process started here, stopped by its PID at close(), also by a finalizer):
+  PostgreSQL 15 primary + streaming replica   Unix sockets only; pretix's [database] and [replica]
+  Redis                                       Unix socket (cache, sessions) and a TCP port (the celery
+                                              broker: pretix sets its kombu layout only for redis://)
+  one celery worker                           all five pretix queues
+  app1, app2: gunicorn behind its own nginx   gunicorn on a Unix socket; nginx on a TCP port (the
+                                              agents' http checks and haproxy reach it there) with the
+                                              shipped maintenance snippet and its own marker
+  haproxy                                     conf/haproxy/haproxy.cfg adapted to loopback (see
+                                              load_balancer_config), frontends on Unix sockets
+  pretix-agent on the load balancer           http checks of each node's /healthcheck/ gating
+                                              pretix/app1 and pretix/app2; redis and postgres checks
+  pretix-agent per node                       maintenance marker of its nginx, agent-check responder
+
+Caches (shared by every run, built once under an fcntl lock, in /var/cache/pretix-agent-pretix/):
+  <version>/venv                the pretix venv (pretix_venv.py)
+  <version>/pgdata-15           a PostgreSQL data directory with pretix's database migrated (about
+                                3 minutes of `python -m pretix migrate` on two cores); each cluster
+                                copies it instead of running initdb
+
+TCP ports (nginx, the agent-check responders, Redis) are picked at random in 20000-32767, below the
+kernel's ephemeral range, and a server that reports the port in use is started again on another.
+
+Fault injection for scenarios: Node.kill/sigstop/sigcont/start/stop/slow, Celery.stop/start,
+redis.kill()/start(), cluster.pg.replica.stop()/start(), pg.pause_replay()/resume_replay().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pretix_agent.haproxy.runtime import RuntimeApi, ServerState
+from tests.integration import nginx_fixture, pg_fixture, redis_fixture
+from tests.integration.agent_fixture import Agent, ctl, write_config
+from tests.integration.processes import (
+    FixtureError,
+    any_alive,
+    children_of,
+    pdeathsig,
+    process_state,
+    signal_pids,
+    titled_log_tail,
+    wait_stopped,
+    wait_until,
+)
+
+from . import pretix_venv
+from .driver import HOST_HEADER, Endpoint, OrderDriver, Shop, request
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_HAPROXY_CFG = REPO / "conf" / "haproxy" / "haproxy.cfg"
+SHOP_SCRIPT = Path(__file__).with_name("shop.py")
+HAPROXY = os.environ.get("PRETIX_AGENT_TEST_HAPROXY", "/usr/sbin/haproxy")
+PG_MAJOR = "15"
+NODES = ("app1", "app2")
+PRETIX_QUEUES = ("default", "checkout", "mail", "background", "notifications")
+PORT_RANGE = (20000, 32767)  # below the ephemeral range (32768-60999): nobody's outbound connection takes it
+
+# The agent's checks in this tier, and haproxy's checks at the same interval and fall ("equal").
+# One second with 0.8 s to answer: /healthcheck/ waits for a free gunicorn worker behind orders, and
+# on two shared cores an order takes up to a second under this tier's load.
+AGENT_INTERVAL, AGENT_TIMEOUT, AGENT_FALL, AGENT_RISE = 1.0, 0.8, 2, 2
+# haproxy's defaults, as the shipped configuration writes them out ("default").
+HX_DEFAULT_INTER, HX_DEFAULT_FALL, HX_DEFAULT_RISE = 2.0, 3, 2
+# The frontends/backends of the load balancer: the shipped one (gated by the agent, plus the
+# shipped checks and agent-check), and two with haproxy's own checks only, for comparison.
+BACKENDS = {"pretix": "agent", "pretix_equal": "haproxy at the agent's interval and fall",
+            "pretix_default": "haproxy's defaults"}
+CACHE_LOCK_TIMEOUT = 3600
+
+
+def pick_port() -> int:
+    """A random TCP port in PORT_RANGE nothing listens on right now (the caller still retries when
+    the server it starts reports the port in use: this only avoids the obvious clashes)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # LISTEN
+                    listening.add(int(fields[1].rsplit(":", 1)[1], 16))
+    while True:
+        port = random.randint(*PORT_RANGE)
+        if port not in listening:
+            return port
+
+
+def in_use(text: str) -> bool:
+    return bool(re.search(r"in use|EADDRINUSE|cannot bind|could not bind", text, re.IGNORECASE))
+
+
+# ------------------------------------------------------------------------------------------ database
+
+
+def ensure_db_template(venv: pretix_venv.PretixVenv) -> Path:
+    """The cached data directory with pretix's schema migrated, built once per pretix version."""
+    target = venv.root / f"pgdata-{PG_MAJOR}"
+    if (target / "READY").is_file():
+        return target / "data"
+    with pretix_venv.cache_lock(f"pgdata-{venv.version}"):
+        if (target / "READY").is_file():
+            return target / "data"
+        shutil.rmtree(target, ignore_errors=True)
+        started = time.monotonic()
+        with pg_fixture.PgReplicationCluster(with_replica=False, tcp=False, timeout=60) as pg:
+            pg.primary.execute("CREATE DATABASE pretix")
+            workdir = pg.base_dir / "pretix"
+            workdir.mkdir()
+            config = write_pretix_cfg(workdir, pg, redis=None)
+            log = venv.root / "migrate.log"
+            with open(log, "wb") as out:
+                result = subprocess.run([str(venv.python), "-m", "pretix", "migrate", "--noinput"],
+                                        env=pretix_env(config), stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, timeout=1800, cwd=workdir,
+                                        preexec_fn=pdeathsig(signal.SIGKILL))
+            if result.returncode != 0:
+                raise FixtureError(f"pretix migrate failed (exit {result.returncode})\n{titled_log_tail(log, 40)}")
+            pg.primary.stop("fast")  # a clean shutdown: the copies start without crash recovery
+            building = Path(tempfile.mkdtemp(prefix=".pgdata-build-", dir=venv.root))
+            subprocess.run(["cp", "-a", str(pg.primary.datadir), str(building / "data")], check=True, timeout=300)
+            # Nothing of this one cluster may stay in the template: its server's settings come with -c.
+            (building / "data" / "postmaster.opts").unlink(missing_ok=True)
+        os.rename(building, target)
+        (target / "READY").write_text(f"migrated in {time.monotonic() - started:.0f} s\n")
+    return target / "data"
+
+
+def write_pretix_cfg(directory: Path, pg: pg_fixture.PgReplicationCluster, redis: RedisBroker | None) -> Path:
+    """pretix.cfg for this cluster (pretix/settings.py reads these sections)."""
+    data = directory / "data"
+    data.mkdir(exist_ok=True)
+    sections = [
+        "[pretix]\ninstance_name=pretix-agent tier\nurl=http://" + HOST_HEADER + "\ncurrency=EUR\n"
+        f"datadir={data}\ntrust_x_forwarded_for=on\ntrust_x_forwarded_proto=on\nloglevel=WARNING\n",
+        "[locale]\ntimezone=UTC\n",
+        "[mail]\nfrom=tier@example.org\nhost=127.0.0.1\nport=9\n",  # port 9 (discard): never reached, no mail sent
+        f"[database]\nbackend=postgresql\nname=pretix\nuser={pg_fixture.SUPERUSER}\n"
+        f"host={pg.primary.socket_dir}\nport={pg.primary.port}\n",
+    ]
+    if pg.replica is not None:
+        sections.append(f"[replica]\nhost={pg.replica.socket_dir}\nport={pg.replica.port}\n")
+    if redis is not None:
+        sections.append(f"[redis]\nlocation=unix://{redis.server.unixsocket}?db=0\nsessions=true\n")
+        sections.append(f"[celery]\nbroker={redis.url(1)}\nbackend={redis.url(2)}\n")
+    path = directory / "pretix.cfg"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def pretix_env(config: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE")}
+    env.update(PRETIX_CONFIG_FILE=str(config), PATH="/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL="C.UTF-8",
+               PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+# --------------------------------------------------------------------------------------------- Redis
+
+
+class RedisBroker:
+    """redis_fixture's RedisServer on its Unix socket and a TCP port from PORT_RANGE."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir()
+        self.server = redis_fixture.RedisServer("redis", directory)
+
+    def start(self) -> None:
+        if self.server.port:  # a restart: the same port, which pretix's broker URL names
+            self.server.start()
+            return
+        for _ in range(8):
+            self.server.port = pick_port()
+            try:
+                self.server.start()
+                return
+            except FixtureError:
+                if self.server.running or not in_use(redis_fixture.log_tail(self.server.log_path, 10)):
+                    raise
+        raise FixtureError("no free port for Redis after 8 tries")
+
+    def url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.server.port}/{db}"
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.server.running
+
+    def client(self) -> Any:
+        return self.server.client()
+
+
+# -------------------------------------------------------------------------------------- app processes
+
+
+class ManagedProcess:
+    """A process started from the pretix venv, with its children, stopped by PID."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, cwd: Path):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.known_pids: set[int] = set()
+        self._slow: threading.Thread | None = None
+        self._slow_stop = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pids(self) -> set[int]:
+        """The main process and its live children (gunicorn's or celery's workers)."""
+        if not self.running:
+            return set()
+        assert self.proc is not None
+        pids = {self.proc.pid} | children_of(self.proc.pid)
+        self.known_pids |= pids
+        return pids
+
+    def start(self) -> None:
+        if self.running:
+            raise FixtureError(f"{self.name} already running")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.cwd, start_new_session=True,
+                                         preexec_fn=pdeathsig(signal.SIGKILL))
+        self.known_pids.add(self.proc.pid)
+
+    def kill(self) -> None:
+        """SIGKILL the main process and its workers at once (a crash), and reap it."""
+        self.unslow()
+        if not self.running:
+            return
+        assert self.proc is not None
+        pids = self.pids()
+        signal_pids(pids, signal.SIGKILL)
+        self.proc.wait(10)
+        wait_until(lambda: not any_alive(pids), timeout=10, what=f"{self.name}'s processes to die")
+
+    def sigstop(self) -> None:
+        """SIGSTOP the main process first (no new workers), then every worker; return once stopped."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        stopped = {self.proc.pid}
+        while todo := self.pids() - stopped:
+            signal_pids(todo, signal.SIGSTOP)
+            stopped |= todo
+        wait_stopped(stopped)
+
+    def sigcont(self) -> None:
+        signal_pids(self.pids(), signal.SIGCONT)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (gunicorn and celery: a graceful shutdown), SIGKILL what is left after `timeout`."""
+        self.unslow()
+        if not self.running:
+            return
+        assert self.proc is not None
+        pids = self.pids()
+        self.sigcont()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            signal_pids(self.pids(), signal.SIGKILL)
+            self.proc.wait(10)
+        with contextlib.suppress(FixtureError):
+            wait_until(lambda: not any_alive(pids), timeout=10, what=f"{self.name}'s workers to exit")
+        signal_pids(any_alive(pids), signal.SIGKILL)
+
+    def slow(self, running: float = 0.02, stopped: float = 0.08) -> None:
+        """Make it slow: a thread stops and continues its processes in turn (here 20 ms of every
+        100 ms running), so it answers, five times slower, as an overloaded node would."""
+        self.unslow()
+        self._slow_stop.clear()
+
+        def cycle() -> None:
+            while not self._slow_stop.is_set():
+                signal_pids(self.pids(), signal.SIGSTOP)
+                if self._slow_stop.wait(stopped):
+                    break
+                signal_pids(self.pids(), signal.SIGCONT)
+                self._slow_stop.wait(running)
+            signal_pids(self.pids(), signal.SIGCONT)
+
+        self._slow = threading.Thread(target=cycle, name=f"slow-{self.name}", daemon=True)
+        self._slow.start()
+
+    def unslow(self) -> None:
+        if self._slow is not None:
+            self._slow_stop.set()
+            self._slow.join(5)
+            self._slow = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        return titled_log_tail(self.log_path, lines)
+
+
+class Node:
+    """One app node: gunicorn (pretix.wsgi on a Unix socket) behind its own nginx."""
+
+    def __init__(self, name: str, directory: Path, venv: pretix_venv.PretixVenv, config: Path, workers: int):
+        self.name = name
+        self.dir = directory
+        directory.mkdir(mode=0o755)
+        directory.chmod(0o755)  # nginx's workers (nobody) reach the socket and the marker through it
+        self.socket = directory / "gunicorn.sock"
+        self.agent_dir = directory / "agent"
+        self.agent_dir.mkdir(mode=0o755)
+        self.agent_dir.chmod(0o755)
+        (self.agent_dir / "state").mkdir(mode=0o755)
+        (self.agent_dir / "state").chmod(0o755)
+        self.marker = self.agent_dir / "state" / "maintenance"
+        self.gunicorn = ManagedProcess(
+            f"gunicorn-{name}",
+            [str(venv.python), "-m", "gunicorn", "pretix.wsgi", "--name", f"pretix-{name}", "--workers", str(workers),
+             "--bind", f"unix:{self.socket}", "--timeout", "60", "--graceful-timeout", "20",
+             "--max-requests", "1200", "--max-requests-jitter", "50", "--log-level", "info",
+             # gunicorn 23+ opens a control socket at one path per user (~/.gunicorn/gunicorn.ctl):
+             # two nodes on one machine would share it, and the first to stop would remove it.
+             "--no-control-socket"],
+            pretix_env(config), directory / "gunicorn.log", directory)
+        self.nginx: nginx_fixture.NginxProcess | None = None
+        self.port = 0
+        self.agent: Agent | None = None
+        self.agent_check_port = 0
+
+    # -- gunicorn
+    def start(self, timeout: float = 120.0) -> None:
+        """Start gunicorn and wait until /healthcheck/ answers 200 through nginx."""
+        self.socket.unlink(missing_ok=True)
+        self.gunicorn.start()
+        wait_until(lambda: self._socket_ready(), timeout=timeout, what=f"{self.name}'s gunicorn socket",
+                   details=self.gunicorn.log_tail)
+        if self.nginx is not None:
+            wait_until(lambda: self.healthcheck() == 200, timeout=timeout, what=f"{self.name}'s /healthcheck/",
+                       details=self.gunicorn.log_tail)
+
+    def _socket_ready(self) -> bool:
+        if not self.gunicorn.running:
+            raise FixtureError(f"{self.gunicorn.name} exited\n{self.gunicorn.log_tail()}")
+        if not self.socket.exists():
+            return False
+        self.socket.chmod(0o666)  # nginx's workers run as nobody
+        return True
+
+    def kill(self) -> None:
+        self.gunicorn.kill()
+
+    def sigstop(self) -> None:
+        self.gunicorn.sigstop()
+
+    def sigcont(self) -> None:
+        self.gunicorn.sigcont()
+
+    def stop(self) -> None:
+        self.gunicorn.stop()
+
+    def slow(self, running: float = 0.02, stopped: float = 0.08) -> None:
+        self.gunicorn.slow(running, stopped)
+
+    def unslow(self) -> None:
+        self.gunicorn.unslow()
+
+    # -- nginx
+    def nginx_config(self) -> str:
+        q = nginx_fixture._q
+        socket_path = q(self.socket)[1:-1]  # unquoted: nginx would take quotes for part of the path
+        site = (
+            "    upstream pretix {\n"
+            f"        server unix:{socket_path};\n"
+            "    }\n"
+            "    server {\n"
+            f"        listen 127.0.0.1:{self.port};\n"
+            "        server_name _;\n"
+            f"        set $pretix_maintenance_marker {q(self.marker)};\n"
+            f"        set $pretix_maintenance_root {q(self.dir / 'page')};\n"
+            f"        include {q(nginx_fixture.SNIPPET)};\n"
+            "        location / {\n"
+            "            proxy_pass http://pretix;\n"
+            "            proxy_set_header Host $http_host;\n"
+            "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+            "            proxy_set_header X-Forwarded-Proto $scheme;\n"
+            "        }\n"
+            "    }\n"
+        )
+        return nginx_fixture.main_config(self.dir, f"    include {q(nginx_fixture.MAP_FILE)};\n" + site, "warn")
+
+    def start_nginx(self) -> None:
+        page = self.dir / "page"
+        page.mkdir(mode=0o755, exist_ok=True)
+        shutil.copyfile(nginx_fixture.MAINTENANCE_PAGE, page / "maintenance.html")
+        (page / "maintenance.html").chmod(0o644)
+        (self.dir / nginx_fixture.EXEMPT_DIR_NAME).mkdir(mode=0o755, exist_ok=True)
+        conf = self.dir / "nginx.conf"
+        for _ in range(8):
+            self.port = pick_port()
+            conf.write_text(self.nginx_config())
+            process = nginx_fixture.NginxProcess(self.dir, conf, self.port)
+            try:
+                process.start()
+                self.nginx = process
+                return
+            except RuntimeError as error:
+                if not in_use(str(error)):
+                    raise FixtureError(f"{self.name}: nginx did not start: {error}") from None
+        raise FixtureError(f"{self.name}: no free port for nginx after 8 tries")
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return request(Endpoint(port=self.port), "GET", path, **kwargs)
+
+    def healthcheck(self) -> int | None:
+        return self.get("/healthcheck/", timeout=5.0).status
+
+
+# ------------------------------------------------------------------------------------------ haproxy
+
+
+def load_balancer_config(directory: Path, nodes: dict[str, Node], *, equal_inter: float = AGENT_INTERVAL,
+                         equal_fall: int = AGENT_FALL, equal_rise: int = AGENT_RISE,
+                         equal_timeout: float = AGENT_TIMEOUT) -> str:
+    """conf/haproxy/haproxy.cfg adapted to loopback, plus two comparison backends.
+
+    Changed from the shipped file, and only that: no syslog, chroot or user switch (haproxy runs in
+    the foreground here, logging to stderr); the admin socket, the server-state file and the
+    frontend on Unix sockets in `directory`; no TLS bind and no https redirect (no certificate);
+    the servers are the nodes' nginx ports with each node agent's agent-check port. Added:
+    backends `pretix_equal` (haproxy's own checks at the agent's interval, fall, rise and timeout)
+    and `pretix_default` (haproxy's own checks at haproxy's defaults), each behind its own
+    frontend: same servers, no agent.
+    """
+    text = SHIPPED_HAPROXY_CFG.read_text()
+
+    def replace(old: str, new: str) -> None:
+        nonlocal text
+        if text.count(old) != 1:
+            raise FixtureError(f"conf/haproxy/haproxy.cfg changed: expected {old!r} once")
+        text = text.replace(old, new)
+
+    replace("    log /dev/log local0\n    log /dev/log local1 notice\n", "    log stderr format short local0 info\n")
+    replace("    chroot /var/lib/haproxy\n    user haproxy\n    group haproxy\n", "")
+    replace("    stats socket /run/haproxy/admin.sock mode 660 level admin group pretix-agent expose-fd listeners\n",
+            f"    stats socket {directory}/admin.sock mode 600 level admin expose-fd listeners\n")
+    replace("    server-state-file /var/lib/pretix-agent/haproxy-server-state\n",
+            f"    server-state-file {directory}/server-state\n")
+    replace("    bind :80\n    bind :443 ssl crt /etc/haproxy/certs/tickets.example.org.pem alpn h2,http/1.1\n"
+            "    http-request redirect scheme https code 301 unless { ssl_fc }\n",
+            f"    bind unix@{directory}/fe-pretix.sock mode 666\n")
+    servers = {name: f"    server {name} 127.0.0.1:{node.port} agent-port {node.agent_check_port}\n"
+               for name, node in nodes.items()}
+    replace("    server app1 10.0.0.11:80\n    server app2 10.0.0.12:80\n", "".join(servers.values()))
+    plain = "".join(f"    server {name} 127.0.0.1:{node.port}\n" for name, node in nodes.items())
+    for backend, inter, fall, rise, timeout in (
+            ("pretix_equal", equal_inter, equal_fall, equal_rise, equal_timeout),
+            ("pretix_default", HX_DEFAULT_INTER, HX_DEFAULT_FALL, HX_DEFAULT_RISE, None)):
+        text += (
+            f"\n# tier: haproxy's own checks only ({BACKENDS[backend]}), for comparison\n"
+            f"frontend {backend}\n"
+            f"    bind unix@{directory}/fe-{backend}.sock mode 666\n"
+            f"    default_backend {backend}\n"
+            f"\nbackend {backend}\n"
+            "    balance leastconn\n    retries 2\n    retry-on conn-failure\n    option redispatch 1\n"
+            "    option httpchk\n"
+            f"    http-check send meth GET uri /healthcheck/ ver HTTP/1.1 hdr Host {HOST_HEADER}\n"
+            "    http-check expect status 200\n"
+            + (f"    timeout check {int(timeout * 1000)}ms\n" if timeout else "")
+            + f"    default-server check inter {int(inter * 1000)}ms fall {fall} rise {rise} weight 100 maxconn 32\n"
+            + plain
+        )
+    return text
+
+
+class LoadBalancer:
+    """haproxy (master-worker, foreground) with load_balancer_config(); stopped by its master's PID."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        directory.mkdir()
+        self.config = directory / "haproxy.cfg"
+        self.admin_socket = directory / "admin.sock"
+        self.state_file = directory / "server-state"
+        self.log_path = directory / "haproxy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.known_pids: set[int] = set()
+
+    def frontend(self, backend: str = "pretix") -> Endpoint:
+        return Endpoint(unix_path=str(self.dir / f"fe-{backend}.sock"))
+
+    def start(self, config_text: str, timeout: float = 30.0) -> None:
+        self.config.write_text(config_text)
+        checked = subprocess.run([HAPROXY, "-c", "-q", "-f", str(self.config)], capture_output=True, text=True,
+                                 timeout=30)
+        if checked.returncode != 0:
+            raise FixtureError(f"haproxy -c failed:\n{checked.stdout}{checked.stderr}")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([HAPROXY, "-W", "-db", "-f", str(self.config)], stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True,
+                                         preexec_fn=pdeathsig(signal.SIGTERM))
+        self.known_pids.add(self.proc.pid)
+        wait_until(lambda: self._answers(), timeout=timeout, what="haproxy's admin socket",
+                   details=lambda: titled_log_tail(self.log_path))
+
+    def _answers(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise FixtureError(f"haproxy exited\n{titled_log_tail(self.log_path)}")
+        self.runtime().process_identity()
+        self.known_pids |= children_of(self.proc.pid)
+        return True
+
+    def runtime(self, timeout: float = 2.0) -> RuntimeApi:
+        return RuntimeApi(str(self.admin_socket), timeout=timeout)
+
+    def states(self) -> dict[tuple[str, str], ServerState]:
+        return {(s.backend, s.server): s for s in self.runtime().servers_state()}
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        workers = children_of(self.proc.pid) if self.proc.poll() is None else set()
+        for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signum)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        signal_pids(any_alive(workers | self.known_pids), signal.SIGKILL)
+
+
+def usable(state: ServerState) -> bool:
+    """Takes new requests: admin ready, operationally up, and a weight above 0."""
+    return state.admin == "ready" and state.up and state.weight > 0
+
+
+# ------------------------------------------------------------------------------------------- agents
+
+
+def lb_agent_config(cluster: PretixCluster) -> str:
+    """The agent on the load balancer: an http check of each node's /healthcheck/ gating its
+    server in the shipped backend; the broker's queues and the replica as status-only checks."""
+    text = ""
+    for name, node in cluster.nodes.items():
+        text += (f"\n[checks.web-{name}]\ntype = \"http\"\nurl = \"http://127.0.0.1:{node.port}/healthcheck/\"\n"
+                 f"host = \"{HOST_HEADER}\"\ninterval = \"{int(AGENT_INTERVAL * 1000)}ms\"\n"
+                 f"timeout = \"{int(AGENT_TIMEOUT * 1000)}ms\"\nfall = {AGENT_FALL}\nrise = {AGENT_RISE}\n")
+    assert cluster.pg.replica is not None
+    text += (
+        f"\n[checks.broker]\ntype = \"redis\"\nurl = \"{cluster.redis.url(1)}\"\n"
+        f"queues = {json.dumps(list(PRETIX_QUEUES))}\nmax_queue_length = {cluster.max_queue_length}\n"
+        f"max_queue_age = \"{cluster.max_queue_age:g}s\"\ninterval = \"1s\"\ntimeout = \"800ms\"\nfall = 1\nrise = 1\n"
+        f"\n[checks.replica]\ntype = \"postgres\"\nrole = \"standby\"\n"
+        f"dsn = \"host={cluster.pg.replica.socket_dir} port={cluster.pg.replica.port} dbname=postgres "
+        f"user={pg_fixture.AGENT_ROLE} password={cluster.pg.agent_password}\"\n"
+        f"interval = \"1s\"\ntimeout = \"800ms\"\nfall = 1\nrise = 1\n"
+        # hold_down and the change rate are loosened so a node that comes back between scenarios is
+        # put back within seconds; hard failures (what is measured) act at once regardless.
+        # haproxy is read back every 500 ms: a node drained through agent-check is noticed soon.
+        f"\n[haproxy]\nsocket = \"{cluster.lb.admin_socket}\"\ninterval = \"500ms\"\n"
+        f"hold_down = \"1s\"\nmax_changes_per_minute = 120\nmin_ready = 1\nstate_file = \"{cluster.lb.state_file}\"\n"
+    )
+    for name in cluster.nodes:
+        text += f"\n[[haproxy.server]]\nbackend = \"pretix\"\nserver = \"{name}\"\nchecks = [\"web-{name}\"]\n"
+    return text
+
+
+def node_agent_config(node: Node) -> str:
+    """A node's agent: its maintenance marker is the one its nginx looks at (write_config puts it
+    in agent_dir/state), and it answers haproxy's agent-check. Its agent-check gates on no check,
+    so that haproxy's view of a failing node comes from the load balancer's agent alone (what the
+    scenarios measure); it answers `up 0%` while drained."""
+    return f"\n[agent_check]\nlisten = \"127.0.0.1:{node.agent_check_port}\"\nchecks = []\n"
+
+
+def start_agent(directory: Path, config_text: str, node: str) -> Agent:
+    config = write_config(directory, config_text)
+    config.write_text(config.read_text().replace('node = "test-node"', f'node = "{node}"'))
+    agent = Agent(directory, config)
+    try:
+        agent.wait_ready(60)
+    except AssertionError:
+        log = agent.log()
+        agent.stop()
+        raise FixtureError(f"the agent {node} did not become ready:\n{log[-3000:]}") from None
+    return agent
+
+
+# ------------------------------------------------------------------------------------------ cluster
+
+
+class PretixCluster:
+    def __init__(self, *, workers: int = 2, max_queue_length: int = 20, max_queue_age: float = 5.0,
+                 base_dir: Path | None = None, keep_dir: bool | None = None):
+        self.workers = workers
+        self.max_queue_length = max_queue_length
+        self.max_queue_age = max_queue_age
+        self.keep_dir = bool(os.environ.get("PRETIX_AGENT_KEEP_FIXTURES")) if keep_dir is None else keep_dir
+        parent = base_dir or pg_fixture.default_parent_dir()
+        self.dir = Path(tempfile.mkdtemp(prefix="pa-pretix-", dir=parent))
+        self.dir.chmod(0o755)
+        self.timings: dict[str, float] = {}
+        self.venv: pretix_venv.PretixVenv
+        self.pg: pg_fixture.PgReplicationCluster
+        self.redis: RedisBroker
+        self.celery: ManagedProcess
+        self.nodes: dict[str, Node] = {}
+        self.lb: LoadBalancer
+        self.lb_agent: Agent | None = None
+        self.shop: Shop
+        self._closers: list[Callable[[], None]] = []
+        self._finalizer = weakref.finalize(self, _close_all, self._closers, self.dir, self.keep_dir)
+
+    def __enter__(self) -> PretixCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process this cluster started (by PID), remove its directory. Idempotent."""
+        self._finalizer()
+
+    def _timed(self, name: str, step: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        value = step()
+        self.timings[name] = round(time.monotonic() - started, 1)
+        return value
+
+    def start(self) -> PretixCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        started = time.monotonic()
+        self.venv = self._timed("venv", pretix_venv.ensure_venv)
+        template = self._timed("db_template", lambda: ensure_db_template(self.venv))
+        self.pg = pg_fixture.PgReplicationCluster(tcp=False, template=template, base_dir=self.dir, keep_dir=True)
+        self._closers.append(self.pg.close)
+        self._timed("postgres", self.pg.start)
+        self.redis = RedisBroker(self.dir / "redis")
+        self._closers.append(self.redis.stop)
+        self._timed("redis", self.redis.start)
+        config = write_pretix_cfg(self.dir, self.pg, self.redis)
+        self.config = config
+        shop = self._timed("shop", lambda: self._run_in_venv([str(SHOP_SCRIPT)], "creating the shop"))
+        self.shop = Shop(**json.loads(shop.strip().splitlines()[-1]))
+        self.celery = ManagedProcess(
+            "celery", [str(self.venv.python), "-m", "celery", "-A", "pretix.celery_app", "worker", "-l", "warning",
+                       "-Q", ",".join(PRETIX_QUEUES), "--concurrency", "1", "-n", "tier@%h", "--without-gossip",
+                       "--without-mingle", "--without-heartbeat"],
+            pretix_env(config), self.dir / "celery.log", self.dir)
+        self._closers.append(self.celery.stop)
+        self.celery.start()
+        for name in NODES:
+            node = Node(name, self.dir / name, self.venv, config, self.workers)
+            self.nodes[name] = node
+            self._closers.append(node.gunicorn.stop)
+            node.start_nginx()
+            self._closers.append(lambda node=node: node.nginx and node.nginx.stop())
+        self._timed("gunicorn", lambda: [node.start() for node in self.nodes.values()])
+        for node in self.nodes.values():
+            self._start_node_agent(node)
+        self.lb = LoadBalancer(self.dir / "lb")
+        self._closers.append(self.lb.stop)
+        self.lb.start(load_balancer_config(self.lb.dir, self.nodes))
+        (self.dir / "lb" / "agent").mkdir()
+        self.lb_agent = start_agent(self.dir / "lb" / "agent", lb_agent_config(self), "lb")
+        self._closers.append(self.lb_agent.stop)
+        self._timed("settle", lambda: self.wait_all_usable(timeout=60))
+        self.timings["total"] = round(time.monotonic() - started, 1)
+
+    def _start_node_agent(self, node: Node) -> None:
+        for _ in range(8):
+            node.agent_check_port = pick_port()
+            agent = start_agent(node.agent_dir, node_agent_config(node), node.name)
+            self._closers.append(agent.stop)
+            listening = wait_until(lambda agent=agent: self._agent_check_state(agent, node), timeout=15,
+                                   what=f"{node.name}'s agent-check responder", details=agent.log)
+            if listening == "listening":
+                node.agent = agent
+                return
+            agent.stop()
+        raise FixtureError(f"{node.name}: no free port for the agent-check responder after 8 tries")
+
+    @staticmethod
+    def _agent_check_state(agent: Agent, node: Node) -> str | None:
+        import socket
+
+        if in_use(agent.log()):
+            return "in use"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", node.agent_check_port), 1) as sock:
+            sock.settimeout(1)
+            if sock.recv(100):
+                return "listening"
+        return None
+
+    def _run_in_venv(self, args: list[str], what: str, timeout: float = 300) -> str:
+        result = subprocess.run([str(self.venv.python), *args], env=pretix_env(self.config), capture_output=True,
+                                text=True, timeout=timeout, cwd=self.dir, preexec_fn=pdeathsig(signal.SIGKILL))
+        if result.returncode != 0:
+            raise FixtureError(f"{what} failed (exit {result.returncode}):\n{result.stdout[-2000:]}"
+                               f"{result.stderr[-4000:]}")
+        return result.stdout
+
+    # -- state
+    def wait_all_usable(self, timeout: float = 60.0) -> None:
+        """Every node serving and every server of every backend usable in haproxy."""
+        for node in self.nodes.values():
+            if not node.gunicorn.running:
+                node.start()
+        wait_until(lambda: all(usable(s) for s in self.lb.states().values()), timeout=timeout,
+                   what="every haproxy server usable",
+                   details=lambda: "\n".join(f"{k}: admin={s.admin} up={s.up} weight={s.weight}"
+                                             for k, s in self.lb.states().items()) + "\n"
+                   + (self.lb_agent.log()[-3000:] if self.lb_agent else ""))
+
+    def agent_changes(self, since_line: int = 0) -> list[str]:
+        """The load balancer agent's haproxy changes (log lines) from line `since_line` on."""
+        assert self.lb_agent is not None
+        lines = self.lb_agent.log().splitlines()[since_line:]
+        return [" ".join(line.split()[2:]) for line in lines if "haproxy.server_state_changed" in line]
+
+    def agent_log_lines(self) -> int:
+        assert self.lb_agent is not None
+        return len(self.lb_agent.log().splitlines())
+
+    def wait_settled(self, timeout: float = 90.0) -> None:
+        """Every server usable and every gating check of the load balancer's agent passing."""
+        self.wait_all_usable(timeout)
+        assert self.lb_agent is not None
+        agent = self.lb_agent
+        wait_until(lambda: all(agent.status()["checks"][f"web-{name}"]["state"] == "passing" for name in self.nodes)
+                   and all(usable(s) for s in self.lb.states().values()), timeout=timeout,
+                   what="every node's check passing and every server usable")
+
+    def ctl(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        agent = self.nodes[node].agent if node in self.nodes else self.lb_agent
+        assert agent is not None
+        return ctl(agent.config, *args)
+
+    def orders_in_db(self, run_id: str) -> dict[str, int]:
+        """{email: how many orders} of one driver run, from the primary."""
+        with psycopg.connect(self.pg.primary.superuser_dsn("pretix"), autocommit=True) as conn:
+            rows = conn.execute("SELECT email, count(*) FROM pretixbase_order WHERE email LIKE %s GROUP BY email",
+                                [f"{run_id}-%"]).fetchall()
+        return {email: int(count) for email, count in rows}
+
+    def driver(self, run_id: str, *, rate: float = 5.0, backends: Iterable[str] = ("pretix",),
+               timeout: float = 30.0) -> OrderDriver:
+        return OrderDriver([self.lb.frontend(b) for b in backends], self.shop, rate=rate, run_id=run_id,
+                           timeout=timeout)
+
+    def set_notification_load(self, tasks_last_minute: int) -> None:
+        """Set pretix's fair-use counter of the shop's organizer (pretix/helpers/celery.py,
+        get_task_priority): under 50 notification and webhook tasks a minute they are sent at high
+        priority (the bare `notifications` list), from 50 at priority 5 (`notifications:4`), from
+        250 at low priority (`notifications:8`). The counter lives 60 s after its last increment."""
+        key = f"pretix:task_priority:notifications:{self.shop.organizer_id}"
+        with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=0,
+                                       socket_timeout=2) as client:
+            if tasks_last_minute:
+                client.set(key, tasks_last_minute, ex=60)
+            else:
+                client.delete(key)
+
+    def purge_queues(self) -> None:
+        """Delete every task waiting in pretix's queues (with the worker stopped: a task a worker
+        runs may send more, a notify task sends one per recipient)."""
+        if self.celery.running:
+            raise FixtureError("stop the celery worker before purging its queues")
+        with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=1,
+                                       socket_timeout=2) as client:
+            keys = [key for queue in PRETIX_QUEUES for key in (queue, f"{queue}:4", f"{queue}:8")]
+            client.delete(*keys)
+
+    def oldest_message(self, key: str) -> dict[str, Any] | None:
+        """The message at the consuming end of one queue list, as kombu stored it (JSON)."""
+        with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=1,
+                                       socket_timeout=2) as client:
+            raw = client.lindex(key, -1)
+        return None if raw is None else json.loads(raw)
+
+    def redis_lists(self) -> dict[str, int]:
+        """Every non-empty list in the broker's database (the celery queues), by name."""
+        with redis_fixture.redis.Redis(unix_socket_path=str(self.redis.server.unixsocket), db=1,
+                                       socket_timeout=2) as client:
+            return {key.decode(): int(client.llen(key)) for key in client.scan_iter(count=1000)
+                    if client.type(key) == b"list"}
+
+    def process_states(self) -> dict[str, str | None]:
+        out = {}
+        for node in self.nodes.values():
+            out[node.name] = process_state(node.gunicorn.proc.pid) if node.gunicorn.proc else None
+        return out
+
+    def all_known_pids(self) -> set[int]:
+        pids = set(self.pg.all_known_pids()) | self.redis.server.known_pids | self.celery.known_pids \
+            | self.lb.known_pids
+        for node in self.nodes.values():
+            pids |= node.gunicorn.known_pids
+            if node.nginx is not None and node.nginx.proc is not None:
+                pids.add(node.nginx.proc.pid)
+            if node.agent is not None:
+                pids.add(node.agent.process.pid)
+        if self.lb_agent is not None:
+            pids.add(self.lb_agent.process.pid)
+        return pids
+
+
+def _close_all(closers: list[Callable[[], None]], directory: Path, keep_dir: bool) -> None:
+    errors = []
+    for close in reversed(closers):
+        try:
+            close()
+        except Exception as error:  # keep going: everything else must stop too
+            errors.append(repr(error))
+    if not keep_dir:
+        shutil.rmtree(directory, ignore_errors=True)
+    if errors:
+        raise FixtureError("cleanup problems: " + "; ".join(errors))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pwd
 import re
 import secrets
 import socket
@@ -34,13 +32,8 @@ from .drain.request import drain_path
 from .errors import ConfigError, FileWriteError, StatusUnavailable
 from .maintenance.decide import CLUSTER_ORIGIN, LockInfo, encode_lock, encode_marker, parse_lock
 from .render import maintenance_line, ready_line, status_lines
+from .terminal import EXIT_FAILING, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, POLL_SECONDS, invoking_user, say
 
-EXIT_OK = 0
-EXIT_FAILING = 1
-EXIT_USAGE = 2
-EXIT_NOT_RUNNING = 3
-
-POLL_SECONDS = 0.02
 # A reason is for people: a sentence, not a file. Far below what the daemon reads of a lock (64 KiB).
 MAX_REASON = 1000
 VALUE_OPTIONS = ("--reason", "--timeout")
@@ -134,35 +127,6 @@ def _node_name(text: str) -> str:
     if not text or len(text) > 255 or any(unicodedata.category(char) in ("Cc", "Cf") for char in text):
         raise argparse.ArgumentTypeError("expected a node's name as status --cluster shows it")
     return text
-
-
-def invoking_user() -> str:
-    """Return who runs this command: the sudo caller if any, else the real user."""
-    sudo_user = os.environ.get("SUDO_USER")
-    try:
-        name = pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        name = f"uid {os.getuid()}"
-    if sudo_user and os.getuid() == 0:
-        return f"{sudo_user} (via sudo)"
-    return name
-
-
-def say(line: str, error: bool = False) -> None:
-    """Print one line for people, control characters (newlines too) escaped. A closed stdout is not an
-    error."""
-    stream = sys.stderr if error else sys.stdout
-    if stream is None:
-        return
-    try:
-        stream.write(printable(line) + "\n")
-        stream.flush()
-    except BrokenPipeError:
-        # The reader went away. Point the descriptor at /dev/null so the interpreter's final flush
-        # does not fail again, and go on: the exit code still tells the caller what is true.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import ctl, shapes, status
+from .. import shapes, status
+from .. import terminal
 from ..adapters import files
 from ..adapters.status_file import load
 from ..config import Config
@@ -42,7 +43,7 @@ def _document(config: Config) -> status.Document | None:
 
 
 def _refuse(message: str, code: int) -> int:
-    ctl.say(f"pretix-agentctl: {message}", error=True)
+    terminal.say(f"pretix-agentctl: {message}", error=True)
     return code
 
 
@@ -50,38 +51,38 @@ def request(config: Config, action: str, timeout: float, reason: str | None = No
     """Ask the daemon to carry out `action` against the cluster's database; wait for its outcome
     (and, for lock and unlock, for every node); say what is now true. Return the exit code."""
     if config.cluster is None:
-        return _refuse(f"this node is not in a cluster: set [cluster] dsn in {config.source}", ctl.EXIT_USAGE)
+        return _refuse(f"this node is not in a cluster: set [cluster] dsn in {config.source}", terminal.EXIT_USAGE)
     document = _document(config)
     if document is None:
         return _refuse("the daemon is not running on this node, and cluster requests go through it: start it "
-                       f"(systemctl start pretix-agent), or {FALLBACK[action]}", ctl.EXIT_NOT_RUNNING)
+                       f"(systemctl start pretix-agent), or {FALLBACK[action]}", terminal.EXIT_NOT_RUNNING)
     if document.cluster is None:
         return _refuse("the daemon runs without [cluster]: reload it (systemctl reload pretix-agent) to use "
-                       f"{config.source}", ctl.EXIT_FAILING)
+                       f"{config.source}", terminal.EXIT_FAILING)
     started = time.time()
-    wanted = Request(id=secrets.token_hex(8), action=action, by=ctl.invoking_user(), at=started,
+    wanted = Request(id=secrets.token_hex(8), action=action, by=terminal.invoking_user(), at=started,
                      host=config.agent.node, expires_at=started + timeout, reason=reason, node=node)
     path = request_path(config)
     if not _place(path, wanted, started):
-        return ctl.EXIT_FAILING
+        return terminal.EXIT_FAILING
     deadline = time.monotonic() + timeout
     outcome = _wait(config, deadline, lambda doc: _outcome(doc, wanted.id))
     if not isinstance(outcome, status.ClusterRequest):
         _withdraw(path, wanted.id)
         if outcome is None:
-            return _refuse(f"the daemon stopped before it answered: {FALLBACK[action]}", ctl.EXIT_NOT_RUNNING)
+            return _refuse(f"the daemon stopped before it answered: {FALLBACK[action]}", terminal.EXIT_NOT_RUNNING)
         return _refuse(f"the daemon did not answer within {timeout:g} s; nothing is known to have changed: "
-                       f"{FALLBACK[action]}", ctl.EXIT_FAILING)
+                       f"{FALLBACK[action]}", terminal.EXIT_FAILING)
     if outcome.state != "done":
-        return _refuse(f"{_verb(action)} failed: {outcome.detail}; {FALLBACK[action]}", ctl.EXIT_FAILING)
-    ctl.say(outcome.detail)
+        return _refuse(f"{_verb(action)} failed: {outcome.detail}; {FALLBACK[action]}", terminal.EXIT_FAILING)
+    terminal.say(outcome.detail)
     if action == LOCK and outcome.lock is not None:
         return _follow(config, deadline, timeout, lambda n: _holds(n, outcome.lock.id if outcome.lock else ""),
                        "in maintenance")
     if action == UNLOCK and outcome.lock is not None:
         ended = outcome.lock.id
         return _follow(config, deadline, timeout, lambda n: n.cluster_lock_id != ended, "free of the cluster lock")
-    return ctl.EXIT_OK
+    return terminal.EXIT_OK
 
 
 def _verb(action: str) -> str:
@@ -101,9 +102,9 @@ def _place(path: Path, wanted: Request, now: float) -> bool:
             files.remove(path)
             continue
         who = f" ({other.action} by {other.by})" if other is not None else ""
-        ctl.say(f"pretix-agentctl: another cluster request is pending{who}: try again in a moment", error=True)
+        terminal.say(f"pretix-agentctl: another cluster request is pending{who}: try again in a moment", error=True)
         return False
-    ctl.say("pretix-agentctl: the cluster request file keeps changing under us: try again in a moment", error=True)
+    terminal.say("pretix-agentctl: the cluster request file keeps changing under us: try again in a moment", error=True)
     return False
 
 
@@ -135,7 +136,7 @@ def _wait(config: Config, deadline: float, found: Callable[[status.Document], ob
             return result
         if time.monotonic() >= deadline:
             return False
-        time.sleep(ctl.POLL_SECONDS)  # a bounded poll of a small file; the daemon reacts through inotify
+        time.sleep(terminal.POLL_SECONDS)  # a bounded poll of a small file; the daemon reacts through inotify
 
 
 def _holds(node: status.ClusterNode, lock_id: str) -> bool:
@@ -161,52 +162,52 @@ def _follow(config: Config, deadline: float, timeout: float, done: Callable[[sta
     cluster = document.cluster if document is not None else None
     if cluster is None:
         return _refuse("the daemon stopped before every node confirmed: see pretix-agentctl status --cluster",
-                       ctl.EXIT_NOT_RUNNING)
+                       terminal.EXIT_NOT_RUNNING)
     behind = [n for n in cluster.nodes if not done(n)]
     for node in cluster.nodes:
-        ctl.say(node_line(node))
+        terminal.say(node_line(node))
     if not behind:
-        ctl.say(f"all {len(cluster.nodes)} nodes {goal}" if len(cluster.nodes) != 1 else f"the one node {goal}")
-        return ctl.EXIT_OK
+        terminal.say(f"all {len(cluster.nodes)} nodes {goal}" if len(cluster.nodes) != 1 else f"the one node {goal}")
+        return terminal.EXIT_OK
     names = ", ".join(n.node for n in behind)
     silent = [n.node for n in behind if _silent(n)]
     why = f" ({', '.join(silent)} silent: it follows when it is back)" if silent else ""
-    ctl.say(f"pretix-agentctl: not confirmed within {timeout:g} s by {names}{why}: check those nodes "
+    terminal.say(f"pretix-agentctl: not confirmed within {timeout:g} s by {names}{why}: check those nodes "
             "(pretix-agentctl status there)", error=True)
-    return ctl.EXIT_FAILING
+    return terminal.EXIT_FAILING
 
 
 def show(config: Config, as_json: bool) -> int:
     """`status --cluster`: every node, the cluster lock, and what disagrees. Exit 1 if anything does."""
     if config.cluster is None:
-        return _refuse(f"this node is not in a cluster: set [cluster] dsn in {config.source}", ctl.EXIT_USAGE)
+        return _refuse(f"this node is not in a cluster: set [cluster] dsn in {config.source}", terminal.EXIT_USAGE)
     try:
         document = load(config.agent.status_file)
     except StatusUnavailable as error:
         if as_json:
-            ctl.say(json.dumps({"daemon": {"alive": False, "reason": str(error)}, "cluster": None}))
+            terminal.say(json.dumps({"daemon": {"alive": False, "reason": str(error)}, "cluster": None}))
         else:
-            ctl.say(f"pretix-agentctl: {error}", error=True)
-        return ctl.EXIT_NOT_RUNNING
+            terminal.say(f"pretix-agentctl: {error}", error=True)
+        return terminal.EXIT_NOT_RUNNING
     now = time.time()
     liveness = status.judge(document, now)
     cluster = document.cluster
     if not liveness.alive:
-        code = ctl.EXIT_NOT_RUNNING
+        code = terminal.EXIT_NOT_RUNNING
     elif cluster is None or failing(cluster, now):
-        code = ctl.EXIT_FAILING
+        code = terminal.EXIT_FAILING
     else:
-        code = ctl.EXIT_OK
+        code = terminal.EXIT_OK
     if as_json:
-        ctl.say(json.dumps({"node": document.node, "cluster": shapes.encode(cluster),
+        terminal.say(json.dumps({"node": document.node, "cluster": shapes.encode(cluster),
                             "daemon": {"alive": liveness.alive, "reason": liveness.reason,
                                        "age": round(liveness.age, 3)}}))
         return code
     if cluster is None:
-        ctl.say(f"daemon:      {liveness.reason}")
+        terminal.say(f"daemon:      {liveness.reason}")
         return _refuse("the daemon runs without [cluster]: reload it (systemctl reload pretix-agent)", code)
     for line in cluster_lines(document, liveness, now):
-        ctl.say(line)
+        terminal.say(line)
     return code
 
 
@@ -222,6 +223,6 @@ def failing(cluster: status.Cluster, now: float) -> bool:
 def init(config: Config, print_only: bool, timeout: float) -> int:
     if print_only:
         for line in schema.script().rstrip("\n").split("\n"):  # our own text: its lines are lines
-            ctl.say(line)
-        return ctl.EXIT_OK
+            terminal.say(line)
+        return terminal.EXIT_OK
     return request(config, INIT, timeout)

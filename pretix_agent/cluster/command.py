@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import shapes, status
-from .. import terminal
+from .. import shapes, status, terminal
 from ..adapters import files
 from ..adapters.status_file import load
 from ..config import Config

@@ -53,15 +53,13 @@ class Daemon:
                                              self.bus, self.clock_offset)
         self.health: dict[str, status.ControllerHealth] = {}  # the controllers failing now
         self.failures: dict[str, int] = {}  # failed cycles and commits per controller, for metrics
-        self.watchdog_withheld = 0
         self.stopping, self.started_at, self.sentence, self.cycles = False, time.time(), "", 0
+        self.watchdog_withheld = 0
         self.publish_error: str | None = None
         self._commit_failed = lambda controller, error: self._failed(controller, error, "commit")
 
     def emit(self, event: Event) -> None:  # from any thread
         getattr(self.log, event.level)(event.name, **event.fields)
-
-    # -- lifecycle -------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT. Return the exit code: 0 after a clean stop, 1 if it cannot start."""
@@ -75,18 +73,16 @@ class Daemon:
             for controller in self.controllers:  # nothing was committed: no status to publish
                 self._stop(controller)
             return 1
-        self.log.info("agent.started", version=__version__, pid=os.getpid(), node=self.config.agent.node,
-                      config=str(self.config_path), notify=self.notifier.enabled,
-                      watchdog_interval=self.notifier.watchdog_interval)
+        self.log.info("agent.started", version=__version__, pid=os.getpid(), node=self.config.agent.node, config=str(
+            self.config_path), notify=self.notifier.enabled, watchdog_interval=self.notifier.watchdog_interval)
         self.cycle(["start"])
         self._notify(READY="1", STATUS=self.sentence)
         try:
-            self._loop()
+            return self._loop()
         finally:
             self._shutdown()
-        return 0
 
-    def _loop(self) -> None:
+    def _loop(self) -> int:
         last_ping, last_cycle = 0.0, time.monotonic()
         ping_every = self.notifier.watchdog_interval / 2 if self.notifier.watchdog_interval else None
         while not self.stopping:
@@ -105,6 +101,7 @@ class Daemon:
                 last_cycle = time.monotonic()  # a quiet cycle leaves the backstop (and its status) due
             if ping_every is not None and time.monotonic() - last_ping >= ping_every and self._ping():
                 last_ping = time.monotonic()
+        return 0
 
     def _handle_signals(self, reasons: list[str]) -> list[str]:
         rest = []

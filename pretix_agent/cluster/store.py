@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks.model import UNKNOWN, Deadline, ProbeStopped
-from ..checks.postgres import connection_factory
+from ..checks.pg_connection import connection_factory
 from ..checks.sockets import SocketBreaker
 from ..config import ClusterSection
 from ..errors import AgentError

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from ..checks.model import UNKNOWN, Deadline, ProbeStopped, failed
-from ..checks.postgres import PgConnection, connection_factory
+from ..checks.pg_connection import PgConnection, connection_factory
 from ..checks.sockets import SocketBreaker
 from .model import AdvisoryLock, Backend, Fence, LockKey, Outcome, Snapshot
 

@@ -25,8 +25,8 @@ from ..adapters.logs import get_logger
 from ..config import LokiSection
 from .entries import Entry, Labeler, Source, SourceContext
 from .journal import JournalSource
-from .journal import access_problem as journal_access_problem
-from .journal import own_unit as detect_own_unit
+from .journal_fields import access_problem as journal_access_problem
+from .journal_fields import own_unit as detect_own_unit
 from .memory import MemorySource
 from .push import (
     Backoff,

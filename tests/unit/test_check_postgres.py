@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from pretix_agent.checks import postgres
+from pretix_agent.checks import pg_connection, postgres
 from pretix_agent.checks.model import Deadline
 from pretix_agent.checks.postgres import PostgresObservation, Standby, classify, format_bytes, parse_lsn
 from pretix_agent.config import PostgresCheck
@@ -230,5 +230,5 @@ def test_an_unparsable_dsn_fails_without_echoing_its_words():
 
 def test_clean_drops_severity_prefixes_from_libpq_messages():
     line = 'connection to server at "10.0.0.1", port 5432 failed: FATAL:  password authentication failed for user "a"'
-    assert postgres._clean(line) == ('connection to server at "10.0.0.1", port 5432 failed: password authentication '
-                                     'failed for user "a"')
+    assert pg_connection._clean(line) == (
+        'connection to server at "10.0.0.1", port 5432 failed: password authentication failed for user "a"')

@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 
 from pretix_agent.errors import AgentError
-from pretix_agent.haproxy.runtime import (
+from pretix_agent.haproxy.replies import (
     SRV_ADMF_CMAINT,
     SRV_ADMF_FDRAIN,
     SRV_ADMF_FMAINT,
     ProcessIdentity,
-    RuntimeApi,
     RuntimeApiError,
     parse_info,
     parse_servers_state,
@@ -30,9 +29,8 @@ from pretix_agent.haproxy.runtime import (
     process_identity,
     refusal,
     split_outputs,
-    states_by_server,
-    write_state_file,
 )
+from pretix_agent.haproxy.runtime import RuntimeApi, states_by_server, write_state_file
 from tests.ports import refused_port
 
 DATA = Path(__file__).parent / "data" / "haproxy"

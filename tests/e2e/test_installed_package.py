@@ -1,4 +1,4 @@
-"""The .deb installed with apt into a booted Debian 12: what an operator sees, step by step.
+"""The .deb installed with apt into a booted Debian 12 and 13: what an operator sees, step by step.
 
 All tests of this module share one container (in file order); each one leaves the daemon running
 on the shipped configuration.
@@ -17,6 +17,7 @@ from tests.waiting import wait_until
 
 from .conftest import REPO, Node
 from .container import Container
+from .rootfs import Release
 from .test_unit_and_package import MAX_EXPOSURE, exposure
 
 UNIT = "pretix-agent.service"
@@ -68,6 +69,17 @@ def main_pid(c: Container) -> int:
 
 def entries(c: Container, prefix: str, after: str = "") -> list[dict[str, Any]]:
     return [e for e in c.journal(UNIT, after) if str(e.get("MESSAGE", "")).startswith(prefix)]
+
+
+def test_the_container_runs_the_debian_release_under_test_with_its_systemd_and_python(c: Container,
+                                                                                      release: Release):
+    os_release = dict(line.split("=", 1) for line in c.read("/etc/os-release").splitlines() if "=" in line)
+    assert (os_release["VERSION_ID"].strip('"'), os_release["VERSION_CODENAME"]) == (str(release.number),
+                                                                                    release.suite)
+    # "systemd 257 (257.9-1~deb13u1)"
+    assert c.run(["systemctl", "--version"]).stdout.split()[:2] == ["systemd", str(release.systemd)]
+    python = c.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).stdout.strip()
+    assert python == release.python
 
 
 def test_apt_installs_the_package_and_its_dependencies_from_the_debian_archive(node: Node, c: Container):

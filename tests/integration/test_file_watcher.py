@@ -1,0 +1,89 @@
+"""The file watcher on real inotify through the installed `watchdog` library (Debian 12's 2.2,
+Debian 13's 6 in the end-to-end tier): what wakes the daemon, and what must not."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pretix_agent.adapters.inotify import FileWatcher
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reasons: list[str] = []
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            self.reasons.append(reason)
+
+    def seen(self) -> list[str]:
+        with self._lock:
+            return list(self.reasons)
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[Path, Path, Recorder]]:
+    """A watcher on `marker` and `lock` in one directory; yields them and what it reported."""
+    marker, lock = tmp_path / "maintenance", tmp_path / "maintenance.lock"
+    recorder = Recorder()
+    watcher = FileWatcher([marker, lock], recorder)
+    watcher.start()
+    try:
+        yield marker, lock, recorder
+    finally:
+        watcher.stop()
+
+
+def until_reported(recorder: Recorder, reason: str, since: int = 0) -> list[str]:
+    """Wait until `reason` is reported after the first `since` reports; return the reports after
+    them. inotify delivers one directory's events in order, so whatever an earlier action caused is
+    in the list by then."""
+    return wait_until(lambda: reason in recorder.seen()[since:] and recorder.seen()[since:], timeout=10,
+                      message=lambda: f"{reason!r} reported after report {since}; got {recorder.seen()}")
+
+
+def test_creating_replacing_and_deleting_a_watched_file_reports_its_name(watched):
+    marker, lock, recorder = watched
+    lock.write_text("by hand\n")
+    assert set(until_reported(recorder, "file:maintenance.lock")) == {"file:maintenance.lock"}
+    temporary = marker.with_name(".maintenance.tmp")
+    temporary.write_text("")
+    count = len(recorder.seen())
+    os.rename(temporary, marker)  # how the daemon writes: the rename's target is the watched name
+    assert set(until_reported(recorder, "file:maintenance", count)) == {"file:maintenance"}
+    count = len(recorder.seen())
+    marker.unlink()
+    assert set(until_reported(recorder, "file:maintenance", count)) == {"file:maintenance"}
+
+
+def test_reading_the_watched_files_reports_nothing(watched):
+    # The daemon reads the lock and the marker in every cycle: were reads reported, each cycle would
+    # wake the next (watchdog 4 and later report opens and closes; Debian 13 ships 6).
+    marker, lock, recorder = watched
+    marker.write_text("")
+    lock.write_text("")
+    until_reported(recorder, "file:maintenance.lock")
+    count = len(recorder.seen())
+    for _ in range(20):
+        marker.read_bytes()
+        lock.read_bytes()
+    os.rename(lock, lock.with_name("moved-away"))  # a change after the reads: its report ends the wait
+    assert until_reported(recorder, "file:maintenance.lock", count) == ["file:maintenance.lock"]
+
+
+def test_changes_to_other_files_in_the_directory_report_nothing(watched):
+    marker, _, recorder = watched
+    for name in ("other", ".maintenance.tmp", "maintenance.lock.bak"):
+        (marker.parent / name).write_text("x")
+        (marker.parent / name).unlink()
+    marker.write_text("")
+    assert set(until_reported(recorder, "file:maintenance")) == {"file:maintenance"}

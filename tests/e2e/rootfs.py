@@ -218,7 +218,7 @@ def _install(root: Path, packages: Sequence[str]) -> None:
         script = ("set -e; apt-get update -q; apt-get install -y -q --no-install-recommends \"$@\"; "
                   "apt-get clean")
         result = subprocess.run(
-            ["systemd-nspawn", "--quiet", "--register=no", "--pipe", "-D", str(root),
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe", "-D", str(root),
              "--setenv=DEBIAN_FRONTEND=noninteractive", "--setenv=PATH=/usr/sbin:/usr/bin:/sbin:/bin",
              "sh", "-c", script, "sh", *packages],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

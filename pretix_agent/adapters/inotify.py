@@ -14,7 +14,6 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-
 # Events that change nothing: watchdog 4 and later (Debian 13 ships 6) report every open and every
 # close without a write. The daemon reads the lock and the marker in every cycle; waking on those
 # reads would make each cycle wake the next, a busy loop for as long as the marker exists.

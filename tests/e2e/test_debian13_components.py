@@ -167,8 +167,8 @@ def shape(reply: str) -> list[str]:
 
 
 def test_postgresql_17_replica_lag_cut_off_and_paused_replay_are_seen_by_the_postgres_check(debian13: Container):
-    run_inside(debian13, "postgresql", ["tests/integration/test_check_postgres.py"],
-               {"PRETIX_AGENT_TEST_PG_BINDIR": PG_BINDIR})
+    # The fixture finds PostgreSQL 17's binaries itself (the newest installed; 15 on Debian 12).
+    run_inside(debian13, "postgresql", ["tests/integration/test_check_postgres.py"])
 
 
 def test_redis_8_write_probe_replica_link_and_queues_are_seen_by_the_redis_check(debian13: Container):
@@ -195,5 +195,4 @@ def test_the_daemon_runs_its_loop_checks_and_maintenance_on_python_3_13_with_deb
     run_inside(debian13, "daemon", ["tests/integration/test_file_watcher.py",
                                     "tests/integration/test_daemon_lifecycle.py",
                                     "tests/integration/test_daemon_checks.py",
-                                    "tests/integration/test_maintenance_daemon.py"],
-               {"PRETIX_AGENT_TEST_PG_BINDIR": PG_BINDIR})
+                                    "tests/integration/test_maintenance_daemon.py"])

@@ -131,6 +131,16 @@ def test_the_container_has_debian_13s_components_and_python_libraries(debian13: 
     assert (structlog.split(".")[0], watchdog.split(".")[0], redis.split(".")[0], psycopg) == ("25", "6", "6", "3.2")
 
 
+def test_every_module_compiles_on_python_3_13_without_a_warning(debian13: Container):
+    # py3compile byte-compiles the package at install; Python 3.12+ warns (SyntaxWarning) where
+    # 3.11 was silent, and a later Python makes some of those warnings errors.
+    script = ("import pathlib, sys, warnings\nwarnings.simplefilter('error')\n"
+              "for path in sorted(pathlib.Path('pretix_agent').rglob('*.py')):\n"
+              "    compile(path.read_text(), str(path), 'exec')\n"
+              "print('compiled')\n")
+    assert debian13.run(["/usr/bin/python3", "-c", script], cwd=CHECKOUT).stdout.strip() == "compiled"
+
+
 def test_haproxy_3_0_takes_servers_out_and_back_keeps_them_across_a_reload_and_reads_agent_checks(
         debian13: Container):
     run_inside(debian13, "haproxy", ["tests/integration/test_haproxy.py", "tests/integration/test_daemon_haproxy.py"])

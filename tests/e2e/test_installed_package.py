@@ -227,6 +227,26 @@ def test_systemd_analyze_verify_prints_nothing_for_the_installed_unit(c: Contain
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+def test_type_notify_reload_which_the_unit_does_not_use_would_run_as_type_simple_on_systemd_252(
+        c: Container, release: Release):
+    # Why the unit says Type=notify on both releases (see its comment): systemd 252 does not refuse
+    # an unknown type, it warns and falls back to the default, losing READY=1 and its ordering.
+    probe = "/run/systemd/system/e2e-notify-reload-probe.service"
+    c.write(probe, "[Service]\nType=notify-reload\nExecStart=/bin/sleep infinity\n")
+    try:
+        c.run(["systemctl", "daemon-reload"])
+        verify = c.run(["systemd-analyze", "verify", probe], check=False)
+        if release.systemd < 253:
+            assert c.show("e2e-notify-reload-probe.service", "Type") == "simple"
+            assert "Failed to parse service type, ignoring: notify-reload" in verify.stderr
+        else:
+            assert c.show("e2e-notify-reload-probe.service", "Type") == "notify-reload"
+            assert verify.stderr == ""
+    finally:
+        c.run(["rm", "-f", probe])
+        c.run(["systemctl", "daemon-reload"])
+
+
 def test_both_man_pages_are_installed(c: Container):
     for page in ("pretix-agent", "pretix-agentctl"):
         assert c.run(["man", "-w", "8", page]).stdout.strip() == f"/usr/share/man/man8/{page}.8.gz"

@@ -27,15 +27,20 @@ import pytest
 
 from . import rootfs
 from .conftest import REPO, SYSTEM_PATH, cache_dir, require, selected_releases
+from .conftest import version as version_of_checkout
 from .container import Container
+from .test_unit_and_package import MAX_EXPOSURE, exposure
 
 RELEASE = rootfs.TRIXIE
 PG_BINDIR = "/usr/lib/postgresql/17/bin"
 # The components under test, and what the tests inside need to run: python3 with pytest and the
-# agent's libraries (Debian 13's versions), openssl for the tests' throw-away certificates.
+# agent's libraries (Debian 13's versions), openssl for the tests' throw-away certificates, and
+# what `make deb` needs (the Makefile's DEB_BUILD_DEBS, and make).
 PACKAGES = ("haproxy", "postgresql-17", "redis-server", "valkey-server", "nginx",
             "python3-pytest", "python3-hypothesis", "python3-psycopg", "python3-redis", "python3-watchdog",
-            "python3-structlog", "python3-pydbus", "python3-gi", "openssl", "procps", "tzdata")
+            "python3-structlog", "python3-pydbus", "python3-gi", "openssl", "procps", "tzdata",
+            "make", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-setuptools", "python3-all",
+            "lintian", "dpkg-dev", "git")
 # World-readable: some tests run a command as another user (nobody) on the checkout's modules.
 CHECKOUT = "/srv/pretix-agent"
 REPORTS = "/root"
@@ -206,3 +211,22 @@ def test_the_daemon_runs_its_loop_checks_and_maintenance_on_python_3_13_with_deb
                                     "tests/integration/test_daemon_lifecycle.py",
                                     "tests/integration/test_daemon_checks.py",
                                     "tests/integration/test_maintenance_daemon.py"])
+
+
+def test_make_deb_on_debian_13_builds_a_lintian_clean_package_that_installs_and_runs_hardened(debian13: Container):
+    # The README's install section on a Debian 13 machine itself: `make deb` builds with Debian 13's
+    # debhelper, runs the unit tests on its libraries and must leave Debian 13's lintian silent;
+    # then apt installs what it built. (Last in this module: the agent then runs in the container.)
+    c = debian13
+    c.run(["sh", "-c", "git init -q && git add -A"], cwd=CHECKOUT)  # `make deb` takes what git lists
+    built = c.run(["make", "deb"], cwd=CHECKOUT, check=False, timeout=INNER_TIMEOUT)
+    assert built.returncode == 0 and "lintian: nothing to report" in built.stdout, \
+        built.stdout[-5000:] + built.stderr[-3000:]
+    deb = f"./dist/pretix-agent_{version_of_checkout()}_all.deb"
+    # No network here: the dependencies are installed already; polkitd (recommended) stays out.
+    c.run(["apt-get", "install", "-y", "--no-install-recommends", deb], cwd=CHECKOUT, timeout=300,
+          env={"DEBIAN_FRONTEND": "noninteractive"})
+    assert c.run(["systemctl", "is-active", "pretix-agent.service"]).stdout.strip() == "active"
+    assert c.show("pretix-agent.service", "StatusText").startswith("maintenance off")
+    result = c.run(["systemd-analyze", "security", "--no-pager", "pretix-agent.service"])
+    assert exposure(result.stdout) <= MAX_EXPOSURE, result.stdout

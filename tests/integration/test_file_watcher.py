@@ -44,39 +44,42 @@ def watched(tmp_path: Path) -> Iterator[tuple[Path, Path, Recorder]]:
 
 
 def until_reported(recorder: Recorder, reason: str, since: int = 0) -> list[str]:
-    """Wait until `reason` is reported after the first `since` reports; return the reports after
-    them. inotify delivers one directory's events in order, so whatever an earlier action caused is
-    in the list by then."""
+    """Wait until `reason` is reported after the first `since` reports; return the reports after them."""
     return wait_until(lambda: reason in recorder.seen()[since:] and recorder.seen()[since:], timeout=10,
                       message=lambda: f"{reason!r} reported after report {since}; got {recorder.seen()}")
 
 
-def test_creating_replacing_and_deleting_a_watched_file_reports_its_name(watched):
+def fence(recorder: Recorder, marker: Path) -> int:
+    """Rename a file onto the marker (one event, so one report) and wait for its report; return the
+    number of reports then. inotify delivers one directory's events in order: whatever an earlier
+    action caused (a write is several events) has been reported by then, and nothing later."""
+    temporary = marker.with_name(".fence")
+    temporary.write_text("")  # another name: reported by nobody
+    count = len(recorder.seen())
+    os.rename(temporary, marker)
+    until_reported(recorder, "file:maintenance", count)
+    return len(recorder.seen())
+
+
+def test_writing_replacing_and_deleting_a_watched_file_reports_its_name(watched):
     marker, lock, recorder = watched
     lock.write_text("by hand\n")
     assert set(until_reported(recorder, "file:maintenance.lock")) == {"file:maintenance.lock"}
-    temporary = marker.with_name(".maintenance.tmp")
-    temporary.write_text("")
-    count = len(recorder.seen())
-    os.rename(temporary, marker)  # how the daemon writes: the rename's target is the watched name
-    assert set(until_reported(recorder, "file:maintenance", count)) == {"file:maintenance"}
-    count = len(recorder.seen())
+    count = fence(recorder, marker)  # the rename onto the marker, the way the daemon writes it
     marker.unlink()
-    assert set(until_reported(recorder, "file:maintenance", count)) == {"file:maintenance"}
+    assert until_reported(recorder, "file:maintenance", count) == ["file:maintenance"]
 
 
 def test_reading_the_watched_files_reports_nothing(watched):
     # The daemon reads the lock and the marker in every cycle: were reads reported, each cycle would
     # wake the next (watchdog 4 and later report opens and closes; Debian 13 ships 6).
     marker, lock, recorder = watched
-    marker.write_text("")
     lock.write_text("")
-    until_reported(recorder, "file:maintenance.lock")
-    count = len(recorder.seen())
+    count = fence(recorder, marker)
     for _ in range(20):
         marker.read_bytes()
         lock.read_bytes()
-    os.rename(lock, lock.with_name("moved-away"))  # a change after the reads: its report ends the wait
+    os.rename(lock, lock.with_name("moved-away"))  # one event after the reads: its report ends the wait
     assert until_reported(recorder, "file:maintenance.lock", count) == ["file:maintenance.lock"]
 
 

@@ -35,11 +35,11 @@ RELEASE = rootfs.TRIXIE
 PG_BINDIR = "/usr/lib/postgresql/17/bin"
 # The components under test, and what the tests inside need to run: python3 with pytest and the
 # agent's libraries (Debian 13's versions), openssl for the tests' throw-away certificates, and
-# what `make deb` needs (the Makefile's DEB_BUILD_DEBS, and make).
+# what `make deb` needs (the Makefile's DEB_BUILD_DEBS; build-essential brings make).
 PACKAGES = ("haproxy", "postgresql-17", "redis-server", "valkey-server", "nginx",
             "python3-pytest", "python3-hypothesis", "python3-psycopg", "python3-redis", "python3-watchdog",
             "python3-structlog", "python3-pydbus", "python3-gi", "openssl", "procps", "tzdata",
-            "make", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-setuptools", "python3-all",
+            "build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-setuptools", "python3-all",
             "lintian", "dpkg-dev", "git")
 # World-readable: some tests run a command as another user (nobody) on the checkout's modules.
 CHECKOUT = "/srv/pretix-agent"

@@ -3,8 +3,10 @@
 The integration tests (tests/integration/) run inside the container, on Debian 13's python3 (3.13)
 and libraries (structlog 25, watchdog 6, redis 6, psycopg 3.2), against its haproxy 3.0,
 PostgreSQL 17, Redis 8, Valkey 8.1 and nginx 1.26: the same tests, and so the same scenarios, that
-prove the agent on the host's Debian 12. The fixtures find the servers through the environment
-(PRETIX_AGENT_TEST_PG_BINDIR, PRETIX_AGENT_TEST_REDIS_SERVER, ...), set here.
+prove the agent on the host's Debian 12. The fixtures find PostgreSQL 17's binaries by version;
+Redis or Valkey is chosen here through PRETIX_AGENT_TEST_REDIS_SERVER. Last, `make deb` runs inside
+(Debian 13's debhelper and lintian) and what it built is installed and started, as the README's
+install section has a Debian 13 operator do.
 
 The root is a cached Debian 13 with those packages installed by apt (rootfs.cached_components),
 their own services masked; the checkout is copied in. The container has a private network: every

@@ -17,13 +17,17 @@ pytestmark = pytest.mark.integration
 
 
 class Recorder:
+    """The `file:NAME` reasons the watcher posted, in order. (These tests are about the files; any
+    other reason a watcher may post, about its directories, is not recorded.)"""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.reasons: list[str] = []
 
     def __call__(self, reason: str) -> None:
-        with self._lock:
-            self.reasons.append(reason)
+        if reason.startswith("file:"):
+            with self._lock:
+                self.reasons.append(reason)
 
     def seen(self) -> list[str]:
         with self._lock:

@@ -41,8 +41,8 @@ PG_BINDIR = "/usr/lib/postgresql/17/bin"
 PACKAGES = ("haproxy", "postgresql-17", "redis-server", "valkey-server", "nginx",
             "python3-pytest", "python3-hypothesis", "python3-psycopg", "python3-redis", "python3-watchdog",
             "python3-structlog", "python3-pydbus", "python3-gi", "openssl", "procps", "tzdata",
-            "build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-setuptools", "python3-all",
-            "lintian", "dpkg-dev", "git")
+            "build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-setuptools",
+            "python3-all", "lintian", "dpkg-dev", "git")
 # World-readable: some tests run a command as another user (nobody) on the checkout's modules.
 CHECKOUT = "/srv/pretix-agent"
 REPORTS = "/root"

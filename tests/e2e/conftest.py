@@ -77,7 +77,7 @@ def selected_releases() -> list[rootfs.Release]:
 def release(request: pytest.FixtureRequest) -> rootfs.Release:
     """The Debian release under test; session-scoped, so pytest runs every test of one release
     (each module in file order) before the next release's."""
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ repository root when haproxy is upgraded (another haproxy: PRETIX_AGENT_TEST_HAP
 
     /usr/bin/python3 -m tests.integration.capture_haproxy_replies
 
-Debian 13's replies were captured inside the booted Debian 13 of the end-to-end tier (the README
-says how). Every file is the exact bytes haproxy sent for one exchange (`<name>.txt`); VERSION.txt
+Debian 13's replies are captured inside the booted Debian 13 of the end-to-end tier, by
+`python3 -m tests.e2e.capture_haproxy_replies`. Every file is the exact bytes haproxy sent for one exchange (`<name>.txt`); VERSION.txt
 records which haproxy said them; X.Y is its major and minor version.
 """
 

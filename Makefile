@@ -17,18 +17,32 @@ DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3
 	debootstrap systemd-container dpkg-dev git tzdata systemd-journal-remote \
 	python3-prometheus-client prometheus python3-yaml
 
-.PHONY: deps demo test test-churn lint rules unit unit-pypi integration pretix bench clean readme-reference deb e2e
+# What `make deb` alone needs (packaging, and the unit tests it runs), on Debian 12 and 13 alike:
+# an operator on Debian 13 builds the package without the test servers (postgresql-15 is Debian 12's).
+DEB_BUILD_DEBS := build-essential debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian dpkg-dev git \
+	python3-pytest python3-hypothesis python3-psycopg python3-pydbus python3-redis python3-structlog python3-watchdog \
+	tzdata
 
-deps:
-	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+.PHONY: deps deb-deps demo test test-churn lint rules unit unit-pypi integration pretix bench clean readme-reference deb e2e
+
+# $(call install-debs,PACKAGES,TARGET): apt-get install those of PACKAGES that are missing (as root).
+define install-debs
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
-		[ "$$(id -u)" = 0 ] || { echo "make deps: run as root to install Debian packages"; exit 1; }; \
+		[ "$$(id -u)" = 0 ] || { echo "make $(2): run as root to install Debian packages"; exit 1; }; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:
+	$(call install-debs,$(DEBS),deps)
 	@# Debian starts the servers it installs where it can; the tests start their own.
 	@echo "deps: all Debian packages present"
+
+deb-deps:
+	$(call install-debs,$(DEB_BUILD_DEBS),deb)
 
 $(VENV)/.done: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -94,7 +108,7 @@ bench: deps
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pretix_agent/__init__.py)
 DEB := dist/pretix-agent_$(VERSION)_all.deb
 
-deb: deps
+deb: deb-deps
 	@set -euo pipefail; \
 	build=$$(mktemp -d /tmp/pretix-agent-deb.XXXXXX); trap 'rm -rf "$$build"' EXIT; \
 	source=$$build/pretix-agent-$(VERSION); mkdir "$$source"; \
@@ -111,8 +125,9 @@ deb: deps
 	if [ -n "$$report" ]; then echo "$$report"; echo "make deb: lintian is not silent"; exit 1; fi; \
 	echo "built $(DEB); lintian: nothing to report"
 
-# The end-to-end tier: that .deb installed with apt into a booted Debian 12 (systemd-nspawn); root.
-e2e: deb
+# The end-to-end tier: that .deb installed with apt into a booted Debian 12 and a booted Debian 13
+# (systemd-nspawn), and the integration tests inside Debian 13 against its components; root.
+e2e: deps deb
 	PRETIX_AGENT_E2E_DEB=$(DEB) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
 
 readme-reference:

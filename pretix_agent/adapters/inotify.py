@@ -21,6 +21,12 @@ from watchdog.observers import Observer
 
 LOST = "watch:lost"  # the reason posted when a watched directory was removed, moved or created
 
+# Events that change nothing: watchdog 4 and later (Debian 13 ships 6) report every open and every
+# close without a write. The daemon reads the lock and the marker in every cycle; waking on those
+# reads would make each cycle wake the next, a busy loop for as long as the marker exists.
+# (watchdog 2.2, Debian 12's, never reports them.)
+_NO_CHANGE = frozenset({"opened", "closed_no_write"})
+
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, names: dict[str, str], notify: Callable[[str], None]):
@@ -28,6 +34,8 @@ class _Handler(FileSystemEventHandler):
         self._notify = notify
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if event.event_type in _NO_CHANGE:
+            return
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             if raw:
                 reason = self._names.get(os.fsdecode(raw))

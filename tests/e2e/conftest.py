@@ -1,7 +1,12 @@
-"""Fixtures of the end-to-end tier: the .deb, the cached Debian 12 root, booted containers.
+"""Fixtures of the end-to-end tier: the .deb, the cached Debian roots, booted containers.
+
+Every test that boots a container runs once per Debian release (`release`, ids `debian12` and
+`debian13`): the same .deb, built once, installed with apt into a booted Debian 12 "bookworm" and a
+booted Debian 13 "trixie". PRETIX_AGENT_E2E_RELEASES=debian13 (comma-separated) narrows a local run.
 
 Booting containers needs root (debootstrap, systemd-nspawn, nsenter). Without root, or without the
-tools `make deps` installs, those tests skip and say why; on the CI machine they run.
+tools `make deps` installs, those tests skip and say why; under CI (CI=true) they fail instead,
+since CI must prove the tier, not skip it.
 """
 
 from __future__ import annotations
@@ -37,13 +42,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def cannot_run(reason: str) -> None:
+    """Skip with the reason on a developer's machine; fail under CI, where nothing may skip silently."""
+    if under_ci():
+        pytest.fail(f"CI=true, and the end-to-end tier cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def require(*tools: str, root: bool = False) -> None:
     """Skip (with the reason) what truly cannot run here: not root, or the tools are missing."""
     if root and os.geteuid() != 0:
-        pytest.skip("booting a container needs root (debootstrap, systemd-nspawn): run `make e2e` as root")
+        cannot_run("booting a container needs root (debootstrap, systemd-nspawn): run `make e2e` as root")
     missing = [tool for tool in tools if shutil.which(tool, path=SYSTEM_PATH) is None]
     if missing:
-        pytest.skip(f"missing {', '.join(missing)}: run `make deps` (as root) first")
+        cannot_run(f"missing {', '.join(missing)}: run `make deps` (as root) first")
+
+
+def selected_releases() -> list[rootfs.Release]:
+    """The releases to boot: all of them, or those PRETIX_AGENT_E2E_RELEASES names (debian12,debian13)."""
+    names = [n.strip() for n in os.environ.get("PRETIX_AGENT_E2E_RELEASES", "").split(",") if n.strip()]
+    known = {release.name: release for release in rootfs.RELEASES}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise pytest.UsageError(f"PRETIX_AGENT_E2E_RELEASES: unknown {', '.join(unknown)}; "
+                                f"known: {', '.join(known)}")
+    return [known[n] for n in names] if names else list(rootfs.RELEASES)
+
+
+@pytest.fixture(scope="session", params=selected_releases(), ids=lambda release: release.name)
+def release(request: pytest.FixtureRequest) -> rootfs.Release:
+    """The Debian release under test; session-scoped, so pytest runs every test of one release
+    (each module in file order) before the next release's."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
@@ -54,18 +88,21 @@ def deb() -> Path:
     path = (REPO / given) if given else REPO / "dist" / f"pretix-agent_{version()}_all.deb"
     if not given:
         if os.geteuid() != 0:
-            pytest.skip("no PRETIX_AGENT_E2E_DEB given, and building it (`make deb`, with `make deps`) needs root")
+            cannot_run("no PRETIX_AGENT_E2E_DEB given, and building it (`make deb`, with `make deps`) needs root")
         subprocess.run(["make", "-C", str(REPO), "deb"], check=True, env={**os.environ, "PATH": SYSTEM_PATH})
     assert path.is_file(), f"no package at {path}: run `make deb`"
     return path
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRETIX_AGENT_E2E_CACHE", str(rootfs.DEFAULT_CACHE)))
+
+
 @pytest.fixture(scope="session")
-def root_tarball() -> Path:
-    """The cached Debian 12 root (built by debootstrap on first use, about a minute)."""
+def root_tarball(release: rootfs.Release) -> Path:
+    """The cached root of `release` (built by debootstrap on first use, a few minutes)."""
     require("debootstrap", "systemd-nspawn", "nsenter", "tar", root=True)
-    cache = Path(os.environ.get("PRETIX_AGENT_E2E_CACHE", str(rootfs.DEFAULT_CACHE)))
-    return rootfs.cached_root(rootfs.host_mirrors(), cache)
+    return rootfs.cached_root(release, rootfs.host_mirrors(), cache_dir())
 
 
 @pytest.fixture(scope="session")
@@ -101,10 +138,10 @@ class Node:
 
 
 @pytest.fixture(scope="module")
-def node(deb: Path, root_tarball: Path, workdir: Path) -> Iterator[Node]:
-    """A fresh booted Debian 12 with the package installed, shared by the tests of one module."""
+def node(deb: Path, release: rootfs.Release, root_tarball: Path, workdir: Path) -> Iterator[Node]:
+    """A fresh booted `release` with the package installed, shared by the tests of one module."""
     root = rootfs.unpack(root_tarball, workdir)
-    container = Container(root, f"pretix-e2e-{os.getpid()}", root.with_suffix(".console.log"))
+    container = Container(root, f"pretix-e2e-{release.number}-{os.getpid()}", root.with_suffix(".console.log"))
     try:
         container.boot()
         node = Node(container, deb)

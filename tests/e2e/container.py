@@ -1,10 +1,12 @@
-"""A booted Debian 12 in systemd-nspawn, and running commands in it.
+"""A booted Debian (12 or 13) in systemd-nspawn, and running commands in it.
 
 The container is `systemd-nspawn --boot` started as our child process. Its systemd (PID 1 inside)
 is that process's child; commands run inside with `nsenter -t <its pid> -a`, so they see the
 container's file system, users, systemd and journal. It shares the host's network (apt reaches
-the Debian archive). It is stopped by its PID only: SIGRTMIN+3 to its init is a clean poweroff,
-and if that hangs, SIGKILL to the nspawn process we started.
+the Debian archive), unless it is made with `private_network=True`: then it has a loopback of its
+own, and whatever its tests bind there can clash with nothing on the host. It is stopped by its
+PID only: SIGRTMIN+3 to its init is a clean poweroff, and if that hangs, SIGKILL to the nspawn
+process we started.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class CommandFailed(AssertionError):
 
 
 class Container:
-    def __init__(self, root: Path, name: str, log: Path):
+    def __init__(self, root: Path, name: str, log: Path, *, private_network: bool = False):
         self.root = root
         self.name = name
         self.log = log
+        self.private_network = private_network
         self.process: subprocess.Popen[bytes] | None = None
         self.leader = 0
 
@@ -43,7 +46,8 @@ class Container:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 ["systemd-nspawn", "--quiet", "-D", str(self.root), f"--machine={self.name}", "--register=no",
-                 "--keep-unit", "--console=read-only", "--boot"],
+                 "--keep-unit", "--console=read-only", *(["--private-network"] if self.private_network else []),
+                 "--boot"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.leader = wait_until(self._find_init, timeout=30, interval=0.05,
                                  message=lambda: f"the container's init to start; log:\n{self.console()}")

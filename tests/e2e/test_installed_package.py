@@ -1,4 +1,4 @@
-"""The .deb installed with apt into a booted Debian 12: what an operator sees, step by step.
+"""The .deb installed with apt into a booted Debian 12 and 13: what an operator sees, step by step.
 
 All tests of this module share one container (in file order); each one leaves the daemon running
 on the shipped configuration.
@@ -17,6 +17,7 @@ from tests.waiting import wait_until
 
 from .conftest import REPO, Node
 from .container import Container
+from .rootfs import Release
 from .test_unit_and_package import MAX_EXPOSURE, exposure
 
 UNIT = "pretix-agent.service"
@@ -68,6 +69,17 @@ def main_pid(c: Container) -> int:
 
 def entries(c: Container, prefix: str, after: str = "") -> list[dict[str, Any]]:
     return [e for e in c.journal(UNIT, after) if str(e.get("MESSAGE", "")).startswith(prefix)]
+
+
+def test_the_container_runs_the_debian_release_under_test_with_its_systemd_and_python(c: Container,
+                                                                                      release: Release):
+    os_release = dict(line.split("=", 1) for line in c.read("/etc/os-release").splitlines() if "=" in line)
+    assert (os_release["VERSION_ID"].strip('"'), os_release["VERSION_CODENAME"]) == (str(release.number),
+                                                                                    release.suite)
+    # "systemd 257 (257.9-1~deb13u1)"
+    assert c.run(["systemctl", "--version"]).stdout.split()[:2] == ["systemd", str(release.systemd)]
+    python = c.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).stdout.strip()
+    assert python == release.python
 
 
 def test_apt_installs_the_package_and_its_dependencies_from_the_debian_archive(node: Node, c: Container):
@@ -205,14 +217,35 @@ def test_reinstalling_restarts_the_daemon_and_keeps_the_permissions(node: Node, 
     assert c.stat(STATE) == "2775 pretix-agent pretix-agent"
 
 
-def test_the_installed_unit_scores_at_most_2_0_in_systemd_analyze_security(c: Container):
+def test_the_installed_unit_scores_at_most_2_0_in_systemd_analyze_security(c: Container, release: Release):
     result = c.run(["systemd-analyze", "security", "--no-pager", UNIT])
     assert exposure(result.stdout) <= MAX_EXPOSURE, result.stdout
+    print(f"\n{release.name} (systemd {release.systemd}): exposure {exposure(result.stdout)}")
 
 
 def test_systemd_analyze_verify_prints_nothing_for_the_installed_unit(c: Container):
     result = c.run(["systemd-analyze", "verify", f"/lib/systemd/system/{UNIT}"], check=False)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_type_notify_reload_which_the_unit_does_not_use_would_run_as_type_simple_on_systemd_252(
+        c: Container, release: Release):
+    # Why the unit says Type=notify on both releases (see its comment): systemd 252 does not refuse
+    # an unknown type, it warns and falls back to the default, losing READY=1 and its ordering.
+    probe = "/run/systemd/system/e2e-notify-reload-probe.service"
+    c.write(probe, "[Service]\nType=notify-reload\nExecStart=/bin/sleep infinity\n")
+    try:
+        c.run(["systemctl", "daemon-reload"])
+        verify = c.run(["systemd-analyze", "verify", probe], check=False)
+        if release.systemd < 253:
+            assert c.show("e2e-notify-reload-probe.service", "Type") == "simple"
+            assert "Failed to parse service type, ignoring: notify-reload" in verify.stderr
+        else:
+            assert c.show("e2e-notify-reload-probe.service", "Type") == "notify-reload"
+            assert verify.stderr == ""
+    finally:
+        c.run(["rm", "-f", probe])
+        c.run(["systemctl", "daemon-reload"])
 
 
 def test_both_man_pages_are_installed(c: Container):

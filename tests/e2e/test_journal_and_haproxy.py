@@ -1,4 +1,5 @@
-"""Logs to Loki, a failing unit taken out of haproxy, and the drain before a reboot, in a booted Debian 12.
+"""Logs to Loki, a failing unit taken out of haproxy, and the drain before a reboot, in a booted Debian
+12 and 13 (haproxy 2.6 and 3.0, systemd 252 and 257).
 
 One container for the module (the .deb installed with apt, as in test_installed_package.py), its
 tests in file order: first the Loki shipping (issue 6), then haproxy and polkitd are installed and
@@ -33,6 +34,7 @@ from tests.waiting import wait_until
 
 from .conftest import SYSTEM_PATH, Node
 from .container import CommandFailed, Container
+from .rootfs import Release
 
 UNIT = "pretix-agent.service"
 WEB = "pretix-web.service"
@@ -40,6 +42,9 @@ CONFIG = "/etc/pretix-agent/agent.toml"
 NODE = "e2e-node"
 DROP_INS = "/etc/systemd/system/pretix-agent.service.d"
 CURSOR_FILE = "/var/lib/pretix-agent/loki.cursor"
+STATUS_FILE = "/run/pretix-agent/status.json"
+SECRET = "/etc/pretix-agent/loki-password"
+CREDENTIAL = "/run/credentials/pretix-agent.service/loki-password"
 WEB_STOP = "/run/pretix-web-e2e.stop"
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
 DRAIN_SECONDS = 2.0
@@ -90,7 +95,8 @@ def c(node: Node) -> Container:
 
 
 @pytest.fixture(scope="module")
-def loki() -> Iterator[LokiReceiver]:
+def loki(release: Release) -> Iterator[LokiReceiver]:
+    """A receiver for one release's container: what Debian 12's agent shipped must not count for 13's."""
     receiver = LokiReceiver().start()
     try:
         yield receiver
@@ -239,6 +245,32 @@ def test_a_loki_outage_across_an_agent_restart_loses_no_line_and_shows_none_twic
     position = c.read(CURSOR_FILE).strip()
     assert position.startswith("s=")
     c.run(["journalctl", f"--after-cursor={position}", "-n", "1", "--no-pager", "-q"])  # a cursor journalctl takes
+
+
+def test_a_loki_password_in_a_root_only_file_reaches_the_agent_as_a_systemd_credential(
+        c: Container, loki: LokiReceiver, shipping: str):
+    # docs/logs.md's way, on systemd 252 and 257 alike: LoadCredential= has systemd (as root) copy
+    # the file for the service at its start; the daemon's own user cannot read the file.
+    c.write(SECRET, "e2e-secret\n")
+    c.run(["chmod", "0600", SECRET])
+    denied = c.run(["cat", SECRET], user="pretix-agent", check=False)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    c.write(f"{DROP_INS}/55-credential.conf", f"[Service]\nLoadCredential=loki-password:{SECRET}\n")
+    c.write(CONFIG, f'[agent]\nnode = "{NODE}"\n\n' + loki_toml(loki.url)
+            + f'username = "e2e"\npassword_file = "{CREDENTIAL}"\n')
+    loki.basic_auth = ("e2e", "e2e-secret")  # from now on a push without the password gets 401
+    cursor = c.cursor()
+    try:
+        pid = restart_agent(c)
+        wait_until(lambda: any(r["line"].startswith("agent.started ") and f" pid={pid} " in r["line"]
+                               for r in shipped(loki, "pretix-agent")), timeout=15, interval=0.1,
+                   message=lambda: f"agent.started of pid {pid} in Loki; pushes: {loki.pushes()[-5:]}")
+        assert "e2e-secret" not in c.messages(UNIT, cursor) and "e2e-secret" not in c.read(STATUS_FILE)
+    finally:
+        loki.basic_auth = None
+        c.run(["rm", "-f", f"{DROP_INS}/55-credential.conf", SECRET])
+        c.write(CONFIG, f'[agent]\nnode = "{NODE}"\n\n' + loki_toml(loki.url))
+        restart_agent(c)
 
 
 # -- issue 7: a failed unit takes its haproxy server out; a reboot drains first ---------------------------

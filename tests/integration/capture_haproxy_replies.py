@@ -1,12 +1,15 @@
-"""Capture real Runtime API replies from the installed haproxy into tests/unit/data/haproxy/.
+"""Capture real Runtime API replies from the installed haproxy into tests/unit/data/haproxy/X.Y/.
 
-The unit tests of the parsers run on these files, so they test haproxy's real words and formats.
-Run from the repository root when haproxy is upgraded (Debian 12 ships 2.6):
+The unit tests of the parsers run on these files, so they test haproxy's real words and formats,
+of every haproxy release the agent supports: 2.6 (Debian 12) and 3.0 (Debian 13). Run from the
+repository root when haproxy is upgraded (another haproxy: PRETIX_AGENT_TEST_HAPROXY=/path):
 
     /usr/bin/python3 -m tests.integration.capture_haproxy_replies
 
-Every file is the exact bytes haproxy sent for one exchange (`<name>.txt`); VERSION.txt records
-which haproxy said them.
+Debian 13's replies are captured inside the booted Debian 13 of the end-to-end tier, by
+`python3 -m tests.e2e.capture_haproxy_replies`. Every file is the exact bytes haproxy sent for one
+exchange (`<name>.txt`); VERSION.txt records which haproxy said them; X.Y is its major and minor
+version.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pretix_agent.haproxy.agent_check import AgentCheckResponder
 
 from .haproxy_fixture import HaproxyFixture
 
-DATA = Path(__file__).resolve().parents[1] / "unit" / "data" / "haproxy"
+DATA_ROOT = Path(__file__).resolve().parents[1] / "unit" / "data" / "haproxy"
 
 
 def exchange(path: Path, line: str) -> bytes:
@@ -36,7 +39,6 @@ def exchange(path: Path, line: str) -> bytes:
 
 
 def main() -> int:
-    DATA.mkdir(parents=True, exist_ok=True)
     responder = AgentCheckResponder("127.0.0.1:0", lambda: "down 100% #web-app4: connection refused\n")
     responder.start()
     assert responder.address is not None
@@ -63,16 +65,19 @@ def main() -> int:
             "three_commands": "set server pretix/app1 state ready; set server pretix/nosuchserver state drain; "
                               "show servers state pretix",
         }
-        for name, line in replies.items():
-            (DATA / f"{name}.txt").write_bytes(exchange(hx.admin_socket, line))
-        (DATA / "permission_denied.txt").write_bytes(exchange(hx.user_socket, "set server pretix/app1 state maint"))
-        (DATA / "user_level_show_servers_state.txt").write_bytes(exchange(hx.user_socket, "show servers state"))
+        captured = {name: exchange(hx.admin_socket, line) for name, line in replies.items()}
+        captured["permission_denied"] = exchange(hx.user_socket, "set server pretix/app1 state maint")
+        captured["user_level_show_servers_state"] = exchange(hx.user_socket, "show servers state")
         version = api.info()["Version"]
-        (DATA / "VERSION.txt").write_text(f"haproxy {version}\n"
+        data = DATA_ROOT / ".".join(version.split(".")[:2])
+        data.mkdir(parents=True, exist_ok=True)
+        for name, reply in captured.items():
+            (data / f"{name}.txt").write_bytes(reply)
+        (data / "VERSION.txt").write_text(f"haproxy {version}\n"
                                           "app1 ready+up, app2 set to maint, app3 (weight 100) set to drain, "
                                           "app4 down by agent-check, app5 `disabled` in haproxy.cfg\n")
     responder.stop()
-    print(f"captured into {DATA} from haproxy {version}")
+    print(f"captured into {data} from haproxy {version}")
     return 0
 
 

@@ -567,7 +567,9 @@ class HaproxyFixture:
             os.kill(self.pid, signal.SIGUSR2)
         else:
             output = self.master_command("reload")
-            if output.strip():
+            # haproxy 2.6 answers nothing; 2.7 and later (Debian 13's 3.0) wait for the new worker
+            # and answer "Success=1" (or 0), "--" and the new process's startup messages.
+            if output.strip() and not output.startswith("Success=1\n"):
                 raise FixtureError(f"master CLI answered {output!r} to reload")
         self.identity = self._wait_for_new_worker(old, "a new haproxy worker after the reload", timeout)
         return self.identity

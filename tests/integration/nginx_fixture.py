@@ -55,7 +55,7 @@ SNIPPET = NGINX_CONF_DIR / "pretix-maintenance.conf"
 MAP_FILE = NGINX_CONF_DIR / "pretix-maintenance-map.conf"
 MAINTENANCE_PAGE = NGINX_CONF_DIR / "maintenance.html"
 EXAMPLE_SITE = NGINX_CONF_DIR / "pretix-site.conf"
-NGINX_BIN = "/usr/sbin/nginx"
+NGINX_BIN = os.environ.get("PRETIX_AGENT_TEST_NGINX", "/usr/sbin/nginx")
 
 # Directory for extra exempt paths, relative to the directory of nginx.conf
 # (that is how the shipped map file includes it).

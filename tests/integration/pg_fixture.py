@@ -87,7 +87,18 @@ from .processes import process_state as process_state
 from .processes import track as track
 from .processes import wait_stopped as wait_stopped
 
-PG_BINDIR = Path(os.environ.get("PRETIX_AGENT_TEST_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
+
+def installed_pg_bindir(explicit: str | None, root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """The PostgreSQL binaries to test with: `explicit` ($PRETIX_AGENT_TEST_PG_BINDIR) if given,
+    else those of the newest major version installed the Debian way (/usr/lib/postgresql/N/bin:
+    15 on Debian 12, 17 on Debian 13), else Debian 12's path (pg_unavailable_reason then says so)."""
+    if explicit:
+        return Path(explicit)
+    installed = [path for path in root.glob("*/bin") if path.parent.name.isdigit() and (path / "initdb").is_file()]
+    return max(installed, key=lambda path: int(path.parent.name), default=root / "15" / "bin")
+
+
+PG_BINDIR = installed_pg_bindir(os.environ.get("PRETIX_AGENT_TEST_PG_BINDIR"))
 SUPERUSER = "postgres"
 AGENT_ROLE = "agent"
 AGENT_PASSWORD = "agent-test-password"

@@ -77,6 +77,7 @@ from .processes import track as track
 from .processes import wait_stopped as wait_stopped
 from .processes import wait_until as wait_until
 
+# Valkey's server is a drop-in: PRETIX_AGENT_TEST_REDIS_SERVER=/usr/bin/valkey-server (Debian 13).
 REDIS_SERVER = os.environ.get("PRETIX_AGENT_TEST_REDIS_SERVER", "/usr/bin/redis-server")
 DEFAULT_TIMEOUT = 20.0
 FILL_PREFIX = "fixture:fill:"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -311,3 +312,15 @@ def test_kill_master_takes_the_replica_link_down_a_restarted_master_brings_it_up
     assert not redis_fixture.any_alive(pids)
     assert not base_dir.exists()
     pair.close()  # idempotent
+
+
+def test_the_postgresql_binaries_are_the_newest_installed_unless_the_environment_names_others(tmp_path):
+    from .pg_fixture import installed_pg_bindir
+
+    assert installed_pg_bindir(None, tmp_path) == tmp_path / "15" / "bin"  # none: Debian 12's, named in the skip
+    for version in ("15", "17", "9", "common"):
+        (tmp_path / version / "bin").mkdir(parents=True)
+        (tmp_path / version / "bin" / "initdb").touch()
+    (tmp_path / "18" / "bin").mkdir(parents=True)  # a client-only package: no initdb
+    assert installed_pg_bindir(None, tmp_path) == tmp_path / "17" / "bin"
+    assert installed_pg_bindir("/opt/pg/bin", tmp_path) == Path("/opt/pg/bin")

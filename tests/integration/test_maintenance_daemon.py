@@ -122,8 +122,12 @@ def test_symlinked_lock_counts_as_a_lock_and_is_never_followed(agent_factory, tm
     agent.lock.symlink_to(target)
     marker_is(agent, True)
     assert target.read_text() == "precious"
-    agent.marker.unlink()
-    agent.marker.symlink_to(target)  # a planted marker link is replaced, its target untouched
+    # A planted marker link is replaced, its target untouched. Planted in one step (a rename over
+    # the marker): between an unlink and a symlink the daemon may restore the marker first, and
+    # with Debian 13's watchdog it often does.
+    planted = agent.marker.with_name(".planted-marker")
+    planted.symlink_to(target)
+    os.replace(planted, agent.marker)
     wait_until(lambda: not agent.marker.is_symlink() or "refusing" in agent.log(), message="handling")
     assert target.read_text() == "precious"
 

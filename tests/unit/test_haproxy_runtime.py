@@ -1,8 +1,10 @@
-"""The Runtime API parsers on replies captured from haproxy 2.6, and the client against fakes.
+"""The Runtime API parsers on replies captured from haproxy 2.6 (Debian 12) and 3.0 (Debian 13),
+and the client against fakes.
 
-The data files are haproxy's exact bytes (tests/integration/capture_haproxy_replies.py):
-app1 ready and up, app2 set to maint, app3 (weight 100) set to drain, app4 taken down by an
-agent-check, app5 `disabled` in haproxy.cfg.
+The data files are haproxy's exact bytes (tests/integration/capture_haproxy_replies.py), one
+directory per haproxy release (data/haproxy/2.6/, data/haproxy/3.0/); every test that reads them
+runs once per release: app1 ready and up, app2 set to maint, app3 (weight 100) set to drain, app4
+taken down by an agent-check, app5 `disabled` in haproxy.cfg.
 """
 
 from __future__ import annotations
@@ -34,16 +36,29 @@ from pretix_agent.haproxy.runtime import RuntimeApi, states_by_server, write_sta
 from tests.ports import refused_port
 
 DATA = Path(__file__).parent / "data" / "haproxy"
+RELEASES = sorted(path.name for path in DATA.iterdir() if path.is_dir())
 
 
-def captured(name: str) -> str:
-    return (DATA / f"{name}.txt").read_text()
+def test_replies_of_debian_12s_and_debian_13s_haproxy_are_both_here():
+    assert RELEASES == ["2.6", "3.0"]
+
+
+@pytest.fixture(params=RELEASES, ids=lambda release: f"haproxy{release}")
+def release(request: pytest.FixtureRequest) -> str:
+    """The haproxy release ("2.6", "3.0") whose captured replies a test reads."""
+    return str(request.param)
+
+
+@pytest.fixture
+def captured(release: str) -> Callable[[str], str]:
+    """Read one captured reply (by name) of the release under test."""
+    return lambda name: (DATA / release / f"{name}.txt").read_text()
 
 
 # --------------------------------------------------------------------------------------------- show servers state
 
 
-def test_servers_state_from_haproxy_decodes_each_servers_admin_and_operational_state():
+def test_servers_state_from_haproxy_decodes_each_servers_admin_and_operational_state(captured):
     servers = states_by_server(parse_servers_state(captured("show_servers_state")))
     assert list(servers) == [("pretix", f"app{n}") for n in range(1, 6)]
     app1, app2, app3, app4, _ = servers.values()
@@ -55,21 +70,21 @@ def test_servers_state_from_haproxy_decodes_each_servers_admin_and_operational_s
     assert app4.fields["srv_agent_addr"] == "127.0.0.1"
 
 
-def test_a_server_disabled_in_the_configuration_is_maint_with_the_forced_and_the_config_bit():
+def test_a_server_disabled_in_the_configuration_is_maint_with_the_forced_and_the_config_bit(captured):
     app5 = parse_servers_state(captured("show_servers_state"))[4]
     assert app5.admin_flags == SRV_ADMF_FMAINT | SRV_ADMF_CMAINT == 5
     assert app5.admin_flag_names == ("FMAINT", "CMAINT")
     assert (app5.admin, app5.forced) == ("maint", "maint")
 
 
-def test_servers_state_keeps_address_port_ids_and_every_raw_column():
+def test_servers_state_keeps_address_port_ids_and_every_raw_column(captured):
     app1 = parse_servers_state(captured("show_servers_state_backend"))[0]
     assert (app1.backend_id, app1.server_id, app1.address) == (3, 1, "127.0.0.1")
     assert app1.port is not None and app1.port > 0
     assert len(app1.fields) == 25 and app1.fields["srv_check_result"] == "3"
 
 
-def test_inherited_and_dns_maintenance_bits_also_mean_maint_but_not_forced():
+def test_inherited_and_dns_maintenance_bits_also_mean_maint_but_not_forced(captured):
     header = captured("show_servers_state").split("\n")[1]
     for flags, admin in ((0x02, "maint"), (0x20, "maint"), (0x10, "drain"), (0x40, "ready")):
         text = f"1\n{header}\n3 pretix 1 app1 127.0.0.1 2 {flags} 1 1 0 1 0 2 0 0 0 0 - 80 - 0 0 - - 0\n\n"
@@ -86,7 +101,7 @@ def test_servers_state_of_an_older_release_with_twenty_columns_parses_by_the_hea
     assert (server.admin, server.weight, server.port, server.seconds_since_change) == ("drain", 0, 8000, 7)
 
 
-def test_servers_state_of_an_empty_configuration_is_an_empty_list():
+def test_servers_state_of_an_empty_configuration_is_an_empty_list(captured):
     header = captured("show_servers_state").split("\n")[1]
     assert parse_servers_state(f"1\n{header}\n\n") == []
 
@@ -108,7 +123,7 @@ def test_a_reply_that_is_not_a_servers_state_gives_one_clear_error(text, words):
     assert "\n" not in str(error.value)
 
 
-def test_a_truncated_servers_state_line_names_the_line_and_its_column_count():
+def test_a_truncated_servers_state_line_names_the_line_and_its_column_count(captured):
     text = captured("show_servers_state")
     cut = text[: text.index("\n3 pretix 3") + 20] + "\n"
     with pytest.raises(RuntimeApiError, match=r"line 5 has 5 columns, the header 25") as error:
@@ -116,7 +131,7 @@ def test_a_truncated_servers_state_line_names_the_line_and_its_column_count():
     assert error.value.kind == "garbage"
 
 
-def test_a_non_numeric_admin_state_is_garbage_with_the_column_named():
+def test_a_non_numeric_admin_state_is_garbage_with_the_column_named(captured):
     text = captured("show_servers_state").replace(" 127.0.0.1 2 0 1 1 ", " 127.0.0.1 2 X 1 1 ", 1)
     with pytest.raises(RuntimeApiError, match=r"line 3: srv_admin_state is 'X', not a number"):
         parse_servers_state(text)
@@ -129,23 +144,23 @@ def test_runtime_api_error_is_an_agent_error():
 # --------------------------------------------------------------------------------------------- show info
 
 
-def test_show_info_from_haproxy_26_has_pid_start_time_and_version():
+def test_show_info_from_haproxy_has_pid_start_time_and_version(captured, release):
     info = parse_info(captured("show_info"))
     assert info["Name"] == "HAProxy"
-    assert info["Version"].startswith("2.6.")
+    assert info["Version"].startswith(f"{release}.")
     assert info["Pid"].isdigit() and info["Start_time_sec"].isdigit() and info["Uptime_sec"].isdigit()
     assert info["Unstoppable Jobs"].isdigit()  # keys with spaces are kept
 
 
-def test_process_identity_is_pid_and_start_time_and_ignores_version_and_uptime():
+def test_process_identity_is_pid_and_start_time_and_ignores_version_and_uptime(captured, release):
     identity = process_identity(parse_info(captured("show_info")))
     assert identity.pid > 0 and identity.start_time is not None
-    assert identity.version.startswith("2.6.")
+    assert identity.version.startswith(f"{release}.")
     same = ProcessIdentity(identity.pid, identity.start_time, version="other", uptime=12345)
     assert identity == same
     assert identity != ProcessIdentity(identity.pid + 1, identity.start_time)  # a reload: new worker
     assert identity != ProcessIdentity(identity.pid, (identity.start_time or 0) + 5)  # a restart reusing the pid
-    assert str(identity).startswith("haproxy 2.6.")
+    assert str(identity).startswith(f"haproxy {release}.")
 
 
 def test_process_identity_without_start_time_is_the_pid_alone():
@@ -171,7 +186,7 @@ def test_a_non_numeric_pid_is_garbage():
 # --------------------------------------------------------------------------------------------- show stat
 
 
-def test_show_stat_from_haproxy_has_frontend_backend_and_each_server_with_status_and_agent_reason():
+def test_show_stat_from_haproxy_has_frontend_backend_and_each_server_with_status_and_agent_reason(captured):
     rows = parse_stat_csv(captured("show_stat"))
     by_name = {(row.proxy, row.name): row for row in rows}
     assert ("fe", "FRONTEND") in by_name and ("pretix", "BACKEND") in by_name
@@ -191,7 +206,7 @@ def test_a_reply_that_is_not_show_stat_gives_one_clear_error(text):
     assert error.value.kind == "garbage"
 
 
-def test_a_show_stat_row_with_missing_columns_is_garbage():
+def test_a_show_stat_row_with_missing_columns_is_garbage(captured):
     text = captured("show_stat")
     lines = text.split("\n")
     lines[2] = ",".join(lines[2].split(",")[:10])
@@ -202,7 +217,7 @@ def test_a_show_stat_row_with_missing_columns_is_garbage():
 # --------------------------------------------------------------------------------------------- outputs, refusals
 
 
-def test_three_commands_in_one_exchange_split_into_three_outputs_at_the_empty_lines():
+def test_three_commands_in_one_exchange_split_into_three_outputs_at_the_empty_lines(captured):
     ready, missing, state = split_outputs(captured("three_commands"), 3)
     assert ready == ""
     assert missing == "No such server.\n"
@@ -214,7 +229,7 @@ def test_a_reply_with_fewer_outputs_than_commands_is_garbage():
         split_outputs("No such server.\n\n", 2)
 
 
-def test_a_reply_cut_in_the_middle_of_a_line_is_garbage():
+def test_a_reply_cut_in_the_middle_of_a_line_is_garbage(captured):
     with pytest.raises(RuntimeApiError, match="ends in the middle of a line"):
         split_outputs(captured("show_servers_state")[:300], 1)
 
@@ -231,7 +246,7 @@ def test_a_reply_without_its_final_empty_line_is_garbage():
     ("permission_denied", "denied", "Permission denied: the socket is not at `level admin`"),
     ("unknown_command", "rejected", "Unknown command"),
 ])
-def test_haproxys_refusals_become_errors_of_their_kind(name, kind, words):
+def test_haproxys_refusals_become_errors_of_their_kind(name, kind, words, captured):
     (output,) = split_outputs(captured(name), 1)
     error = refusal("set server pretix/app1 state maint", output)
     assert error is not None and error.kind == kind
@@ -239,7 +254,7 @@ def test_haproxys_refusals_become_errors_of_their_kind(name, kind, words):
     assert str(error).startswith("haproxy refused 'set server pretix/app1 state maint': ")
 
 
-def test_empty_output_and_data_are_no_refusal():
+def test_empty_output_and_data_are_no_refusal(captured):
     assert refusal("set server pretix/app1 state ready", "") is None
     assert refusal("show servers state", captured("show_servers_state")) is None
 
@@ -301,7 +316,7 @@ def fake(tmp_path) -> Iterator[Callable[[Callable[[str], bytes | None]], FakeRun
         server.close()
 
 
-def test_the_client_sends_one_line_with_the_commands_separated_by_semicolons(fake):
+def test_the_client_sends_one_line_with_the_commands_separated_by_semicolons(fake, captured):
     server = fake(lambda line: captured("three_commands").encode())
     outputs = RuntimeApi(str(server.path)).execute("set server pretix/app1 state ready",
                                                     "set server pretix/nosuchserver state drain",
@@ -311,7 +326,7 @@ def test_the_client_sends_one_line_with_the_commands_separated_by_semicolons(fak
     assert outputs[1] == "No such server.\n"
 
 
-def test_the_client_reads_the_servers_state_and_sets_a_state(fake):
+def test_the_client_reads_the_servers_state_and_sets_a_state(fake, captured):
     replies = {"show servers state": captured("show_servers_state"), "set server": captured("set_server_ok")}
     server = fake(lambda line: next(v for k, v in replies.items() if line.startswith(k)).encode())
     api = RuntimeApi(str(server.path))
@@ -351,7 +366,7 @@ def test_a_server_that_closes_without_a_word_is_garbage(fake):
     assert error.value.kind == "garbage"
 
 
-def test_a_set_server_answered_with_unexpected_text_is_rejected(fake):
+def test_a_set_server_answered_with_unexpected_text_is_rejected(fake, captured):
     server = fake(lambda line: captured("bad_state_word").encode())
     with pytest.raises(RuntimeApiError, match="expects 'ready', 'drain' and 'maint'") as error:
         RuntimeApi(str(server.path)).set_server_state("pretix", "app1", "drain")
@@ -418,7 +433,7 @@ def test_raw_commands_with_separators_are_refused(tmp_path):
         RuntimeApi(str(tmp_path / "x.sock")).execute("show info; show stat")
 
 
-def test_the_state_file_is_written_atomically_and_readable_by_haproxy(tmp_path):
+def test_the_state_file_is_written_atomically_and_readable_by_haproxy(tmp_path, captured):
     path = tmp_path / "server-state"
     write_state_file(path, captured("show_servers_state"))
     assert path.read_text() == captured("show_servers_state")

@@ -10,13 +10,16 @@ import re
 import pytest
 import structlog
 
-from pretix_agent.adapters import logs
+from pretix_agent.adapters import journal, logs
 
 
 @pytest.fixture(autouse=True)
-def fresh_structlog(monkeypatch):
-    """Every test starts and ends with structlog's defaults and without JOURNAL_STREAM."""
+def fresh_structlog(monkeypatch, tmp_path):
+    """Every test starts and ends with structlog's defaults and without JOURNAL_STREAM, and with no
+    journald socket: on a machine booted with systemd (a developer's, or the booted Debian 13 of
+    the end-to-end tier) the journal format would otherwise send to the real journal, not `stream`."""
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.setenv(journal.SOCKET_ENV, str(tmp_path / "no-journald-socket"))
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()

@@ -82,7 +82,8 @@ def _load() -> None:
 
 def system_bus_address() -> str:
     """Return the system bus address as Gio resolves it: $DBUS_SYSTEM_BUS_ADDRESS if set, else
-    unix:path=/var/run/dbus/system_bus_socket. Raise DBusUnavailable without gi."""
+    GLib's default (unix:path=/var/run/dbus/system_bus_socket; /run/... in newer GLib, the same
+    socket). Raise DBusUnavailable without gi."""
     _load()
     return str(Gio.dbus_address_get_for_bus_sync(Gio.BusType.SYSTEM, None))
 

@@ -21,6 +21,7 @@ DEBS := python3-watchdog python3-structlog python3-psycopg python3-redis python3
 # an operator on Debian 13 builds the package without the test servers (postgresql-15 is Debian 12's).
 DEB_BUILD_DEBS := build-essential debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all lintian dpkg-dev git \
 	python3-pytest python3-hypothesis python3-psycopg python3-pydbus python3-redis python3-structlog python3-watchdog \
+	python3-prometheus-client \
 	tzdata
 
 .PHONY: deps deb-deps demo test test-churn lint rules unit unit-pypi integration pretix bench clean readme-reference deb e2e

@@ -40,7 +40,8 @@ PG_BINDIR = "/usr/lib/postgresql/17/bin"
 # what `make deb` needs (the Makefile's DEB_BUILD_DEBS; build-essential brings make).
 PACKAGES = ("haproxy", "postgresql-17", "redis-server", "valkey-server", "nginx",
             "python3-pytest", "python3-hypothesis", "python3-psycopg", "python3-redis", "python3-watchdog",
-            "python3-structlog", "python3-pydbus", "python3-gi", "openssl", "procps", "tzdata",
+            "python3-structlog", "python3-pydbus", "python3-gi", "python3-prometheus-client", "openssl", "procps",
+            "tzdata",
             "build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-setuptools",
             "python3-all", "lintian", "dpkg-dev", "git")
 # World-readable: some tests run a command as another user (nobody) on the checkout's modules.

@@ -26,7 +26,8 @@ STATE = "/var/lib/pretix-agent"
 MARKER = f"{STATE}/maintenance"
 LOCK = f"{STATE}/maintenance.lock"
 STALL_DROP_IN = "/run/systemd/system/pretix-agent.service.d/50-e2e-stall.conf"
-LIBRARIES = ("python3-watchdog", "python3-structlog", "python3-psycopg", "python3-redis", "python3-pydbus")
+LIBRARIES = ("python3-watchdog", "python3-structlog", "python3-psycopg", "python3-redis", "python3-pydbus",
+             "python3-prometheus-client")
 
 
 @pytest.fixture(scope="module")

@@ -285,7 +285,7 @@ class ClusterController(Controller[Observation, Plan]):
             result = bool(operation())
         except FileWriteError as error:
             if self.failures.get(what) != str(error):
-                self.services.emit(Event("cluster.file_failed", "error", {"error": str(error)}))
+                self.services.emit(Event("cluster.file_failed", "error", {"file": what, "error": str(error)}))
             self.failures[what] = str(error)
             return False
         if self.failures.pop(what, None) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import status
@@ -21,12 +22,22 @@ class Observed:
     drain: str | None
 
 
+# How a responder is made for a section (the tests hand in one that opens no socket).
+MakeResponder = Callable[[AgentCheckSection, Callable[[], str], Callable[[str], None]], AgentCheckResponder]
+
+
+def _responder(section: AgentCheckSection, answer: Callable[[], str],
+               on_refused: Callable[[str], None]) -> AgentCheckResponder:
+    return AgentCheckResponder.for_section(section, answer, on_refused=on_refused)
+
+
 class AgentCheckController(Controller[Observed, Verdict]):
     name = "agent_check"
     section = "agent_check"
 
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, make_responder: MakeResponder = _responder):
         super().__init__(services)
+        self.make_responder = make_responder
         self.settings: AgentCheckSection | None = None
         self.responder: AgentCheckResponder | None = None
         self.verdict: Verdict | None = None
@@ -60,7 +71,7 @@ class AgentCheckController(Controller[Observed, Verdict]):
             return Swap(keep)
         responder: AgentCheckResponder | None = None
         if new is not None:
-            responder = AgentCheckResponder.for_section(new, self._answer, on_refused=self._refused)
+            responder = self.make_responder(new, self._answer, self._refused)
             responder.bind()  # AgentCheckError (one line) refuses the configuration
 
         def commit() -> None:

@@ -465,22 +465,26 @@ class Node:
             return self.pretix_log.stat().st_size
         return 0
 
-    def errors_since(self, offset: int) -> dict[str, int]:
-        """The internal server errors pretix logged on this node since `offset`, by what the
-        database said: "stale" (a query on a connection the server side had closed: "server closed
-        the connection unexpectedly" from cursor.execute), "connect" (opening a new connection
-        failed), "other". pretix writes each error twice into pretix.log (its django.request logger
-        and the root logger share the file handler): counted once."""
+    def errors_since(self, offset: int, end: int | None = None, path: str | None = None) -> dict[str, int]:
+        """The internal server errors pretix logged on this node between offsets `offset` and `end`
+        (of its log; None: to the end), for requests of `path` (None: any), by what the database
+        said: "stale" (a query on a connection the server side had closed: "server closed the
+        connection unexpectedly" from cursor.execute), "connect" (opening a new connection failed),
+        "other". pretix writes each error twice into pretix.log (its django.request logger and the
+        root logger share the file handler): counted once."""
         try:
             with open(self.pretix_log, "rb") as log:
                 log.seek(offset)
-                text = log.read().decode("utf-8", "replace")
+                text = log.read(-1 if end is None else max(0, end - offset)).decode("utf-8", "replace")
         except FileNotFoundError:
             return {}
         records = re.split(r"^(?=[A-Z]+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ )", text, flags=re.MULTILINE)
         kinds: dict[str, int] = {}
         for record in records:
-            if " django.request " not in record.split("\n", 1)[0] or "Internal Server Error" not in record:
+            header = record.split("\n", 1)[0]
+            if " django.request " not in header or "Internal Server Error: " not in header:
+                continue
+            if path is not None and header.rsplit("Internal Server Error: ", 1)[1].strip() != path:
                 continue
             if "get_new_connection" in record:
                 kind = "connect"

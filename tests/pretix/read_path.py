@@ -96,14 +96,21 @@ def restore(cluster: PretixCluster) -> None:
     cluster.wait_settled()
 
 
-def _page_figures(cluster: PretixCluster, pages: PageProber, offsets: dict[str, int], start: float,
-                  end: float) -> dict[str, Any]:
+def _log_offsets(cluster: PretixCluster) -> dict[str, int]:
+    return {name: node.log_offset() for name, node in cluster.nodes.items()}
+
+
+def _page_figures(cluster: PretixCluster, pages: PageProber, before: dict[str, int],
+                  after: dict[str, int]) -> dict[str, Any]:
+    """Every probe `pages` made, and the errors pretix logged for the probed page meanwhile (the
+    log offsets `before` the prober started and `after` it stopped)."""
     out = {}
     for name, node in cluster.nodes.items():
-        answers = pages.between(name, start, end)
+        answers = pages.answers[name]
         out[name] = {"read_path": node.read_path, "probes": len(answers),
                      "failed": sum(1 for _, status, _ in answers if status != 200),
-                     "statuses": statuses(answers), "errors": node.errors_since(offsets[name])}
+                     "statuses": statuses(answers),
+                     "errors": node.errors_since(before[name], after[name], pages.path)}
     return out
 
 
@@ -117,16 +124,16 @@ def replica_stopped(cluster: PretixCluster, *, compare: str = "pretix_replica_eq
     assert replica is not None and cluster.lb_agent is not None
     try:
         workers = prepare(cluster, compare, timeout)
-        offsets = {name: node.log_offset() for name, node in cluster.nodes.items()}
         log_from = cluster.agent_log_lines()
         with StateWatcher(cluster, READ_LISTENS) as servers:
             stopping_at = time.monotonic()
             replica.stop("fast")
             stopped_at = time.monotonic()
+            before = _log_offsets(cluster)
             with PageProber(cluster, period=1.0) as pages:
                 wait_until(lambda: all(len(a) >= probes for a in pages.answers.values()), timeout=probes + 30,
                            what=f"{probes} probes of each node")
-            probed_until = time.monotonic()
+            after = _log_offsets(cluster)
             restart_at = time.monotonic()
             replica.start()
             cluster.pg.wait_streaming()
@@ -135,7 +142,7 @@ def replica_stopped(cluster: PretixCluster, *, compare: str = "pretix_replica_eq
         outcome.figures.update({
             "compare": compare, "workers_on_replica_at_stop": workers,
             "stop_took_s": round(stopped_at - stopping_at, 3),
-            "pages": _page_figures(cluster, pages, offsets, stopped_at, probed_until),
+            "pages": _page_figures(cluster, pages, before, after),
             "replica_out_after_stop_s": {
                 listen: None if (t := servers.out_at((listen, "replica"), stopping_at)) is None
                 else round(t - stopping_at, 3) for listen in READ_LISTENS},
@@ -196,11 +203,11 @@ def replay_paused(cluster: PretixCluster, *, compare: str = "pretix_replica_equa
     assert cluster.lb_agent is not None
     try:
         workers = prepare(cluster, compare, timeout)
-        offsets = {name: node.log_offset() for name, node in cluster.nodes.items()}
         log_from = cluster.agent_log_lines()
         driver = cluster.driver(run_id("replay-paused"), rate=RATE, backends=("pretix",))
         with StateWatcher(cluster, READ_LISTENS) as servers:
             driver.start()
+            before = _log_offsets(cluster)
             with PageProber(cluster, period=1.0) as pages:
                 time.sleep(1.0)  # writes before the pause
                 paused_at = time.monotonic()
@@ -212,7 +219,7 @@ def replay_paused(cluster: PretixCluster, *, compare: str = "pretix_replica_equa
                 time.sleep(max(0.0, lag.crossed_at + AGENT_INTERVAL - time.monotonic()))
                 # where the nodes read from now
                 sessions = _workers_on_replica(cluster)
-                probed_until = time.monotonic()
+            after = _log_offsets(cluster)
             resumed_at = time.monotonic()
             cluster.pg.resume_replay()
             cluster.pg.wait_caught_up()
@@ -232,7 +239,7 @@ def replay_paused(cluster: PretixCluster, *, compare: str = "pretix_replica_equa
             "out_minus_lag_crossed_s": {listen: None if t is None or t > resumed_at else round(t - crossed, 3)
                                         for listen, t in out.items()},
             "workers_on_replica_at_end": sessions,
-            "pages": _page_figures(cluster, pages, offsets, paused_at, probed_until),
+            "pages": _page_figures(cluster, pages, before, after),
             "agent_returned_replica_after_resume_s": round(back_at - resumed_at, 3),
             "agent_changes": cluster.agent_changes(log_from),
         })

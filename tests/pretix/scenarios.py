@@ -142,13 +142,15 @@ class StateWatcher:
 class PageProber:
     """GETs `path` on every node (through its own nginx, so each node's read path and maintenance
     page are seen alone) once every `period` s on its own thread; `answers[node]` is a list of
-    (monotonic time sent, status or None, Retry-After or None)."""
+    (monotonic time sent, status or None, Retry-After or None). A probe waits up to `timeout` for
+    its answer (a slow page is a slow page, not a failed one; the next probe waits for it)."""
 
     def __init__(self, cluster: PretixCluster, path: str = "/agent/tier/", period: float = 1.0,
-                 nodes: Iterable[str] | None = None):
+                 nodes: Iterable[str] | None = None, timeout: float = 10.0):
         self.cluster = cluster
         self.path = path
         self.period = period
+        self.timeout = timeout
         self.nodes = tuple(nodes or cluster.nodes)
         self.answers: dict[str, list[tuple[float, int | None, str | None]]] = {name: [] for name in self.nodes}
         self._stop = threading.Event()
@@ -168,7 +170,7 @@ class PageProber:
         while not self._stop.is_set():
             for name in self.nodes:
                 sent = time.monotonic()
-                answer = self.cluster.nodes[name].get(self.path, timeout=max(1.0, self.period * 0.9))
+                answer = self.cluster.nodes[name].get(self.path, timeout=self.timeout)
                 self.answers[name].append((sent, answer.status, answer.headers.get("retry-after")))
             tick += 1
             self._stop.wait(max(0.0, started + tick * self.period - time.monotonic()))

@@ -196,12 +196,13 @@ def _server_report(cluster: PretixCluster, backend: str, server: str) -> dict[st
     raise FixtureError(f"the load balancer's agent does not report {backend}/{server}")
 
 
-def slow_node(cluster: PretixCluster, node: str = "app2", *, running: float = 0.01, stopped: float = 0.19,
+def slow_node(cluster: PretixCluster, node: str = "app2", *, running: float = 0.01, stopped: float = 0.49,
               at_least: float = 2.0, before: float = 2.0, timeout: float = 30.0) -> Outcome:
     """Slow `node` (its processes stopped and continued in turn, `running` s of every
-    `running + stopped`) under orders for at least `at_least` s and until the agent took it out
-    (a soft failure: its /healthcheck/ times out while the other node's passes), then let it run at
-    full speed again: when is it back in each backend? Its flap damping is at level 0 first (a first
+    `running + stopped`: 2 % by default, so that /healthcheck/ takes longer than the checks' 0.8 s
+    every time; at 5 % it answered in 0.6-0.8 s and failed two probes in a row only now and then)
+    under orders for at least `at_least` s and until the agent took it out (a soft failure: its
+    /healthcheck/ times out while the other node's passes), then let it run at full speed again: when is it back in each backend? Its flap damping is at level 0 first (a first
     take-out within the flap window): it must come back after its check's `rise`, with no hold."""
     outcome = Outcome("slow_node")
     key = ("pretix", node)

@@ -202,8 +202,9 @@ def slow_node(cluster: PretixCluster, node: str = "app2", *, running: float = 0.
     `running + stopped`: 2 % by default, so that /healthcheck/ takes longer than the checks' 0.8 s
     every time; at 5 % it answered in 0.6-0.8 s and failed two probes in a row only now and then)
     under orders for at least `at_least` s and until the agent took it out (a soft failure: its
-    /healthcheck/ times out while the other node's passes), then let it run at full speed again: when is it back in each backend? Its flap damping is at level 0 first (a first
-    take-out within the flap window): it must come back after its check's `rise`, with no hold."""
+    /healthcheck/ times out while the other node's passes), then let it run at full speed again:
+    when is it back in each backend? Its last take-out is older than the flap window first (this is
+    a first take-out): it must come back after its check's `rise`, with no hold."""
     outcome = Outcome("slow_node")
     key = ("pretix", node)
     cluster.wait_settled()

@@ -15,6 +15,22 @@ Figures: time from the fault to the server leaving rotation in each backend, and
 haproxy baseline; orders per frontend; a planned drain against the same stop without a drain; the
 celery queue check after the worker stops (how long after max_queue_length or max_queue_age was
 passed it failed, in check intervals); a stopped replica to a failing postgres check; the lock.
+
+Issue 13 (decisions over the whole backend), each beside haproxy alone in the same run:
+- `redis_killed`: Redis killed for 15 s under orders, with the agents naming Redis a shared cause
+  (and app1 closing its shop for it, app2 not), and `redis_killed_without_shared_checks`, the same
+  agents without: servers out per backend, orders per frontend, what customers' pages answered.
+- `slow_node`: one node slowed until the agent takes it out: back within rise x interval + 1 s of
+  recovering? (haproxy alone: when it took it out at all.)
+- `replica_stopped`: pretix's read path (app1 through the agent's `pretix_replica`) with the
+  replica stopped for 15 one-second probes, against app2 reading through the same section gated by
+  haproxy's TCP check alone at the agent's interval and fall, as shipped without the agent, and
+  directly from the replica (no proxy: how pretix.cfg had it): failed probes and why.
+- `replay_paused`: replay paused under orders: when the replica left the agent's read path
+  against when its lag passed max_lag_seconds, and who still reads the paused replica.
+Issue 18: `lock_holder_stopped`: a node hung while one of its workers holds the quota lock, with
+lock fencing and with its dry run (the same scenario without fencing): when orders resumed on the
+other node, which orders failed, whether the healthy node was taken out.
 """
 
 from __future__ import annotations
@@ -23,7 +39,7 @@ import statistics
 import time
 from typing import Any
 
-from tests.pretix import scenarios
+from tests.pretix import lock_holder, read_path, scenarios, shared_causes
 from tests.pretix.cluster import (
     AGENT_FALL,
     AGENT_INTERVAL,
@@ -33,6 +49,7 @@ from tests.pretix.cluster import (
     HX_DEFAULT_FALL,
     HX_DEFAULT_INTER,
     HX_DEFAULT_RISE,
+    REPLICA_MAX_LAG,
     PretixCluster,
 )
 
@@ -82,6 +99,76 @@ def _planned(cluster: PretixCluster) -> dict[str, Any]:
             "failed_orders": {"drain": failures(drained), "stop_without_drain": failures(plain)}}
 
 
+def _redis(cluster: PretixCluster) -> dict[str, Any]:
+    runs = {"with_shared_checks": shared_causes.redis_killed(cluster).as_dict(),
+            "without_shared_checks": shared_causes.redis_killed(cluster, shared=False).as_dict()}
+    summary = {}
+    for name, run in runs.items():
+        figures = run["figures"]
+        summary[name] = {
+            "servers_out": figures["servers_out_count"], "agent_took_out": len(figures["agent_took_out"]),
+            "agent_check_answers": figures["agent_check_answers"],
+            "orders_ok_failed": {backend: (orders["ok"], orders["failed"] + orders["committed_with_error"])
+                                 for backend, orders in run["orders"].items()},
+            "pages_during_outage": {node: pages["statuses"] for node, pages in figures["pages_during_outage"].items()},
+            "first_order_after_redis_back_s": figures["first_order_after_redis_back_s"]}
+    return {"summary": summary, "runs": runs}
+
+
+def _slow(cluster: PretixCluster, trials: int) -> dict[str, Any]:
+    runs = [shared_causes.slow_node(cluster, ("app2", "app1")[trial % 2]).as_dict() for trial in range(trials)]
+    back = {backend: [r["figures"]["back_after_recovery_s"][backend] for r in runs] for backend in BACKENDS}
+    return {"trials": trials, "bound_s": AGENT_RISE * AGENT_INTERVAL + 1.0,
+            "back_after_recovery_s": back,
+            "agent_within_bound": all(r["figures"]["agent_within_bound"] for r in runs),
+            "held_by_flap_damping": [r["figures"]["held_by_flap_damping"] for r in runs], "runs": runs}
+
+
+def _read_path(cluster: PretixCluster) -> dict[str, Any]:
+    runs = {compare: read_path.replica_stopped(cluster, compare=compare).as_dict()
+            for compare in ("pretix_replica_equal", "pretix_replica_default", "direct")}
+    failed = {"agent": [r["figures"]["pages"]["app1"]["failed"] for r in runs.values()]}
+    errors = {"agent": [r["figures"]["pages"]["app1"]["errors"] for r in runs.values()]}
+    for compare, r in runs.items():
+        failed[compare] = [r["figures"]["pages"]["app2"]["failed"]]
+        errors[compare] = [r["figures"]["pages"]["app2"]["errors"]]
+    out = {"agent": [r["figures"]["replica_out_after_stop_s"]["pretix_replica"] for r in runs.values()],
+           "pretix_replica_equal": runs["pretix_replica_equal"]["figures"]["replica_out_after_stop_s"]
+           ["pretix_replica_equal"],
+           "pretix_replica_default": runs["pretix_replica_default"]["figures"]["replica_out_after_stop_s"]
+           ["pretix_replica_default"]}
+    paused = read_path.replay_paused(cluster).as_dict()
+    return {"replica_stopped": {"probes_per_run": 15, "failed_probes": failed, "why": errors,
+                                "replica_out_after_stop_s": out, "runs": runs},
+            "replay_paused": {"max_lag_seconds": REPLICA_MAX_LAG,
+                              "lag_crossed_after_pause_s": paused["figures"]["lag_crossed_after_pause_s"],
+                              "replica_out_after_pause_s": paused["figures"]["replica_out_after_pause_s"],
+                              "out_before_lag_plus_interval": paused["figures"]["out_before_lag_plus_interval"],
+                              "workers_on_replica_at_end": paused["figures"]["workers_on_replica_at_end"],
+                              "run": paused}}
+
+
+def _fencing(cluster: PretixCluster, trials: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"with_fencing": [], "without_fencing": []}
+    for _ in range(trials):
+        runs["with_fencing"].append(lock_holder.lock_holder_stopped(cluster, fencing=True).as_dict())
+        runs["without_fencing"].append(lock_holder.lock_holder_stopped(cluster, fencing=False).as_dict())
+    summary = {}
+    for name, done in runs.items():
+        summary[name] = {
+            "orders_resumed_on_healthy_node_s": [r["figures"]["orders_resumed_on_healthy_node_s"] for r in done],
+            "healthy_node_answers_while_stopped": [r["figures"]["healthy_node_answers_while_stopped"] for r in done],
+            "failed_orders": [r["figures"]["failed_orders"] for r in done],
+            "failed_orders_not_on_stopped_node": [len(r["figures"]["failed_orders_not_on_stopped_node"])
+                                                  for r in done],
+            "orders_in_flight_on_stopped_node": [r["figures"]["orders_in_flight_on_stopped_node"] for r in done],
+            "healthy_node_out": [r["figures"]["healthy_node_out"] for r in done],
+            "stopped_node_out_after_s": [r["figures"]["stopped_node_out_after_s"] for r in done],
+            "fence_after_stop_s": [r["figures"]["fence"]["after_stop_s"] for r in done],
+            "latency_p95_s": [r["orders"]["pretix"]["latency_p95_s"] for r in done]}
+    return {"trials": trials, "hold_s": 8.0, "summary": summary, "runs": runs}
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     started = time.monotonic()
     trials = 1 if quick else 3
@@ -111,5 +198,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             "length": (celery["figures"]["length"]["over_max_queue_length_to_failing_intervals"] or 99) <= 2}
         results["celery_stopped"] = celery
         results["replica_stopped"] = scenarios.replica_stopped(cluster).as_dict()
+        results["redis_killed"] = _redis(cluster)
+        results["slow_node"] = _slow(cluster, 1 if quick else 2)
+        results["read_path"] = _read_path(cluster)
+        results["lock_holder_stopped"] = _fencing(cluster, 1 if quick else 2)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     return results

@@ -6,18 +6,28 @@
         cluster.nodes["app1"].start()
 
 What runs (every process started here, stopped by its PID at close(), also by a finalizer):
-  PostgreSQL 15 primary + streaming replica   Unix sockets only; pretix's [database] and [replica]
+  PostgreSQL 15 primary + streaming replica   Unix sockets only; pretix's [database] is the primary,
+                                              as role `pretix` (not a superuser, as in production:
+                                              lock fencing can end its sessions)
   Redis                                       Unix socket (cache, sessions) and a TCP port (the celery
                                               broker: pretix sets its kombu layout only for redis://)
   one celery worker                           all five pretix queues
   app1, app2: gunicorn behind its own nginx   gunicorn on a Unix socket; nginx on a TCP port (the
                                               agents' http checks and haproxy reach it there) with the
-                                              shipped maintenance snippet and its own marker
+                                              shipped maintenance snippet and its own marker; each
+                                              worker names its database sessions pretix-<node>-<pid>;
+                                              each node has its own pretix log (Node.errors_since)
   haproxy                                     conf/haproxy/haproxy.cfg adapted to loopback (see
-                                              load_balancer_config), frontends on Unix sockets
+                                              load_balancer_config), frontends on Unix sockets, and
+                                              pretix's read path (`listen pretix_replica`) on a Unix
+                                              socket that pretix's [replica] names
   pretix-agent on the load balancer           http checks of each node's /healthcheck/ gating
-                                              pretix/app1 and pretix/app2; redis and postgres checks
+                                              pretix/app1 and pretix/app2, its Redis check as their
+                                              shared cause; the replica's postgres check gating
+                                              pretix_replica/replica (shutdown_sessions); the broker
   pretix-agent per node                       maintenance marker of its nginx, agent-check responder
+                                              (reconfigure_nodes: gated on its own /healthcheck/)
+  pretix-agent with [lock_fencing]            only inside `fencing_agent()`, as on a database node
 
 Caches (shared by every run, built once under an fcntl lock, in /var/cache/pretix-agent-pretix/):
   <version>/venv                the pretix venv (pretix_venv.py)
@@ -27,18 +37,22 @@ Caches (shared by every run, built once under an fcntl lock, in /var/cache/preti
 
 TCP ports (nginx, the agent-check responders, Redis) are picked at random in 20000-32767, below the
 kernel's ephemeral range, and a server that reports the port in use is started again on another.
+Everything else (PostgreSQL, gunicorn, haproxy's frontends and read paths) is on Unix sockets.
 
-Fault injection for scenarios: Node.kill/sigstop/sigcont/start/stop/slow, Celery.stop/start,
-redis.kill()/start(), cluster.pg.replica.stop()/start(), pg.pause_replay()/resume_replay().
+Fault injection for scenarios: Node.kill/sigstop/sigcont/start/stop/slow, Node.set_read_path,
+Celery.stop/start, redis.kill()/start(), cluster.pg.replica.stop()/start(),
+pg.pause_replay()/resume_replay(); agents: reconfigure_nodes(), reconfigure_lb(), fencing_agent().
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -46,11 +60,12 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pretix_agent.haproxy.runtime import RuntimeApi, ServerState
 from tests.integration import nginx_fixture, pg_fixture, redis_fixture
@@ -90,6 +105,24 @@ HX_DEFAULT_INTER, HX_DEFAULT_FALL, HX_DEFAULT_RISE = 2.0, 3, 2
 BACKENDS = {"pretix": "agent", "pretix_equal": "haproxy at the agent's interval and fall",
             "pretix_default": "haproxy's defaults"}
 CACHE_LOCK_TIMEOUT = 3600
+
+# pretix's own database role: not a superuser (as in production), so that lock fencing, whose role
+# may only signal non-superuser sessions, can end a hung worker's session.
+PRETIX_ROLE = "pretix"
+# The least-privilege role docs/lock_fencing.md documents, its password in a libpq passfile.
+FENCING_ROLE = "pretix_agent_fencing"
+# pretix's read path: pretix's [replica] reaches the replica through haproxy (conf/haproxy's
+# `listen pretix_replica`), on a Unix socket in the load balancer's directory; the port only names
+# the socket file (.s.PGSQL.<port>), as PostgreSQL's own do. Two more sections of the same shape
+# are gated by haproxy's own TCP check alone (at the agent's interval and fall, and as shipped),
+# and "direct" is the replica itself: a node can be switched to any of them (Node.read_path).
+READ_PATHS = {"pretix_replica": 5433, "pretix_replica_equal": 5434, "pretix_replica_default": 5435, "direct": 0}
+# The agent's replica check: lag over this many seconds takes the replica out of the read path
+# (shipped default 30 s: shorter here so the lag scenario stays short).
+REPLICA_MAX_LAG = 5.0
+# The load balancer agent's flap window: one scenario's take-out of a node must not count as a flap
+# of the next scenario's (scenarios that need a server's damping at level 0 wait for it).
+FLAP_WINDOW = 20.0
 
 
 def pick_port() -> int:
@@ -148,8 +181,10 @@ def ensure_db_template(venv: pretix_venv.PretixVenv) -> Path:
     return target / "data"
 
 
-def write_pretix_cfg(directory: Path, pg: pg_fixture.PgReplicationCluster, redis: RedisBroker | None) -> Path:
-    """pretix.cfg for this cluster (pretix/settings.py reads these sections)."""
+def write_pretix_cfg(directory: Path, pg: pg_fixture.PgReplicationCluster, redis: RedisBroker | None, *,
+                     user: str = pg_fixture.SUPERUSER, replica: tuple[str, int] | None = None) -> Path:
+    """pretix.cfg for this cluster (pretix/settings.py reads these sections). `replica`: where
+    pretix's [replica] connects (a socket directory and port), by default the replica itself."""
     data = directory / "data"
     data.mkdir(exist_ok=True)
     sections = [
@@ -157,11 +192,12 @@ def write_pretix_cfg(directory: Path, pg: pg_fixture.PgReplicationCluster, redis
         f"datadir={data}\ntrust_x_forwarded_for=on\ntrust_x_forwarded_proto=on\nloglevel=WARNING\n",
         "[locale]\ntimezone=UTC\n",
         "[mail]\nfrom=tier@example.org\nhost=127.0.0.1\nport=9\n",  # port 9 (discard): never reached, no mail sent
-        f"[database]\nbackend=postgresql\nname=pretix\nuser={pg_fixture.SUPERUSER}\n"
+        f"[database]\nbackend=postgresql\nname=pretix\nuser={user}\n"
         f"host={pg.primary.socket_dir}\nport={pg.primary.port}\n",
     ]
     if pg.replica is not None:
-        sections.append(f"[replica]\nhost={pg.replica.socket_dir}\nport={pg.replica.port}\n")
+        host, port = replica or (str(pg.replica.socket_dir), pg.replica.port)
+        sections.append(f"[replica]\nhost={host}\nport={port}\n")
     if redis is not None:
         sections.append(f"[redis]\nlocation=unix://{redis.server.unixsocket}?db=0\nsessions=true\n")
         sections.append(f"[celery]\nbroker={redis.url(1)}\nbackend={redis.url(2)}\n")
@@ -328,24 +364,50 @@ class ManagedProcess:
         return titled_log_tail(self.log_path, lines)
 
 
-class Node:
-    """One app node: gunicorn (pretix.wsgi on a Unix socket) behind its own nginx."""
+GUNICORN_HOOKS = """\
+# Each worker names its database sessions after itself (libpq reads PGAPPNAME when it connects, and
+# Django connects after the fork): pg_stat_activity.application_name = pretix-<node>-<worker pid>,
+# so a scenario can tell which worker holds a lock, or still reads from the replica.
+import os
 
-    def __init__(self, name: str, directory: Path, venv: pretix_venv.PretixVenv, config: Path, workers: int):
+
+def post_fork(server, worker):
+    os.environ["PGAPPNAME"] = "pretix-{node}-%d" % os.getpid()
+"""
+
+
+def worker_of(application_name: str | None) -> tuple[str, int] | None:
+    """("app1", 4242) for a session a gunicorn worker of this tier opened, else None."""
+    match = re.fullmatch(r"pretix-(app\d+)-(\d+)", application_name or "")
+    return (match[1], int(match[2])) if match else None
+
+
+class Node:
+    """One app node: gunicorn (pretix.wsgi on a Unix socket) behind its own nginx. `read_path`: which
+    of READ_PATHS its pretix reads public pages through (set_read_path restarts gunicorn)."""
+
+    def __init__(self, name: str, directory: Path, venv: pretix_venv.PretixVenv, config: Path, workers: int,
+                 read_endpoint: Callable[[str], tuple[str, int]], read_path: str = "pretix_replica"):
         self.name = name
+        self.read_endpoint = read_endpoint
+        self.read_path = read_path
         self.dir = directory
         directory.mkdir(mode=0o755)
         directory.chmod(0o755)  # nginx's workers (nobody) reach the socket and the marker through it
         self.socket = directory / "gunicorn.sock"
+        self.logdir = directory / "logs"  # pretix's log of this node alone (its [pretix] logdir)
         self.agent_dir = directory / "agent"
         self.agent_dir.mkdir(mode=0o755)
         self.agent_dir.chmod(0o755)
         (self.agent_dir / "state").mkdir(mode=0o755)
         (self.agent_dir / "state").chmod(0o755)
         self.marker = self.agent_dir / "state" / "maintenance"
+        hooks = directory / "gunicorn_hooks.py"
+        hooks.write_text(GUNICORN_HOOKS.replace("{node}", name))
         self.gunicorn = ManagedProcess(
             f"gunicorn-{name}",
             [str(venv.python), "-m", "gunicorn", "pretix.wsgi", "--name", f"pretix-{name}", "--workers", str(workers),
+             "--config", str(hooks),
              "--bind", f"unix:{self.socket}", "--timeout", "60", "--graceful-timeout", "20",
              "--max-requests", "1200", "--max-requests-jitter", "50", "--log-level", "info",
              # gunicorn 23+ opens a control socket at one path per user (~/.gunicorn/gunicorn.ctl):
@@ -361,6 +423,9 @@ class Node:
     def start(self, timeout: float = 120.0) -> None:
         """Start gunicorn and wait until /healthcheck/ answers 200 through nginx."""
         self.socket.unlink(missing_ok=True)
+        host, port = self.read_endpoint(self.read_path)  # pretix reads these over pretix.cfg's [replica]
+        self.gunicorn.env.update(PRETIX_REPLICA_HOST=host, PRETIX_REPLICA_PORT=str(port),
+                                 PRETIX_PRETIX_LOGDIR=str(self.logdir))
         self.gunicorn.start()
         wait_until(lambda: self._socket_ready(), timeout=timeout, what=f"{self.name}'s gunicorn socket",
                    details=self.gunicorn.log_tail)
@@ -378,6 +443,66 @@ class Node:
 
     def kill(self) -> None:
         self.gunicorn.kill()
+
+    def set_read_path(self, read_path: str) -> None:
+        """Read public pages through `read_path` (one of READ_PATHS) from now on: restart gunicorn
+        (gracefully) if it reads through another."""
+        if read_path not in READ_PATHS:
+            raise FixtureError(f"unknown read path {read_path!r}")
+        if read_path == self.read_path and self.gunicorn.running:
+            return
+        self.read_path = read_path
+        self.gunicorn.stop()
+        self.start()
+
+    @property
+    def pretix_log(self) -> Path:
+        return self.logdir / "pretix.log"
+
+    def log_offset(self) -> int:
+        """Where pretix's log of this node ends now (see errors_since)."""
+        with contextlib.suppress(FileNotFoundError):
+            return self.pretix_log.stat().st_size
+        return 0
+
+    def errors_since(self, offset: int, end: int | None = None, path: str | None = None) -> dict[str, int]:
+        """The internal server errors pretix logged on this node between offsets `offset` and `end`
+        (of its log; None: to the end), for requests of `path` (None: any), by what the database
+        said: "stale" (a query on a connection the server side had closed: "server closed the
+        connection unexpectedly" from cursor.execute), "connect" (opening a new connection failed),
+        "other". pretix writes each error twice into pretix.log (its django.request logger and the
+        root logger share the file handler): counted once."""
+        try:
+            with open(self.pretix_log, "rb") as log:
+                log.seek(offset)
+                text = log.read(-1 if end is None else max(0, end - offset)).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return {}
+        records = re.split(r"^(?=[A-Z]+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ )", text, flags=re.MULTILINE)
+        kinds: dict[str, int] = {}
+        for record in records:
+            header = record.split("\n", 1)[0]
+            if " django.request " not in header or "Internal Server Error: " not in header:
+                continue
+            if path is not None and header.rsplit("Internal Server Error: ", 1)[1].strip() != path:
+                continue
+            if "get_new_connection" in record:
+                kind = "connect"
+            elif "server closed the connection unexpectedly" in record or "terminating connection" in record:
+                kind = "stale"
+            else:
+                kind = "other"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        if any(count % 2 for count in kinds.values()):
+            raise FixtureError(f"{self.name}: pretix's log no longer holds each error twice: {kinds}\n{text[-3000:]}")
+        return {kind: count // 2 for kind, count in kinds.items()}
+
+    def worker_pids(self) -> set[int]:
+        """gunicorn's workers (the master's children)."""
+        if not self.gunicorn.running:
+            return set()
+        assert self.gunicorn.proc is not None
+        return children_of(self.gunicorn.proc.pid)
 
     def sigstop(self) -> None:
         self.gunicorn.sigstop()
@@ -448,18 +573,23 @@ class Node:
 # ------------------------------------------------------------------------------------------ haproxy
 
 
-def load_balancer_config(directory: Path, nodes: dict[str, Node], *, equal_inter: float = AGENT_INTERVAL,
-                         equal_fall: int = AGENT_FALL, equal_rise: int = AGENT_RISE,
-                         equal_timeout: float = AGENT_TIMEOUT) -> str:
-    """conf/haproxy/haproxy.cfg adapted to loopback, plus two comparison backends.
+def load_balancer_config(directory: Path, nodes: dict[str, Node], pg: pg_fixture.PgReplicationCluster, *,
+                         equal_inter: float = AGENT_INTERVAL, equal_fall: int = AGENT_FALL,
+                         equal_rise: int = AGENT_RISE, equal_timeout: float = AGENT_TIMEOUT) -> str:
+    """conf/haproxy/haproxy.cfg adapted to loopback, plus comparison backends and read paths.
 
     Changed from the shipped file, and only that: no syslog, chroot or user switch (haproxy runs in
     the foreground here, logging to stderr); the admin socket, the server-state file and the
     frontend on Unix sockets in `directory`; no TLS bind and no https redirect (no certificate);
-    the servers are the nodes' nginx ports with each node agent's agent-check port. Added:
-    backends `pretix_equal` (haproxy's own checks at the agent's interval, fall, rise and timeout)
-    and `pretix_default` (haproxy's own checks at haproxy's defaults), each behind its own
-    frontend: same servers, no agent.
+    the servers are the nodes' nginx ports with each node agent's agent-check port; `listen
+    pretix_replica` binds a Unix socket in `directory` (.s.PGSQL.5433, which pretix's [replica]
+    names as host `directory`, port 5433) and its servers are the replica's and the primary's Unix
+    sockets. Added: backends `pretix_equal` (haproxy's own checks at the agent's interval, fall,
+    rise and timeout) and `pretix_default` (haproxy's own checks at haproxy's defaults), each behind
+    its own frontend: same servers, no agent; read paths `pretix_replica_equal` and
+    `pretix_replica_default` of the same shape as `pretix_replica`, gated by haproxy's own TCP check
+    alone (at the agent's interval and fall; as shipped); and a response header naming the server
+    that answered (X-Tier-Server), so a scenario can tell which node served an order.
     """
     text = SHIPPED_HAPROXY_CFG.read_text()
 
@@ -481,12 +611,36 @@ def load_balancer_config(directory: Path, nodes: dict[str, Node], *, equal_inter
     servers = {name: f"    server {name} 127.0.0.1:{node.port} agent-port {node.agent_check_port}\n"
                for name, node in nodes.items()}
     replace("    server app1 10.0.0.11:80\n    server app2 10.0.0.12:80\n", "".join(servers.values()))
+    replace("    http-check expect status 200\n", "    http-check expect status 200\n"
+            "    http-response set-header X-Tier-Server %s\n")
+    assert pg.replica is not None
+    read_servers = (f"    server replica {pg.replica.socket_dir}/.s.PGSQL.{pg.replica.port}\n"
+                    f"    server primary {pg.primary.socket_dir}/.s.PGSQL.{pg.primary.port} backup\n")
+    shipped_listen = text[text.index("listen pretix_replica\n"):]
+    replace("listen pretix_replica\n    bind :5433\n",
+            f"listen pretix_replica\n    bind unix@{directory}/.s.PGSQL.{READ_PATHS['pretix_replica']} mode 666\n")
+    replace("    server replica 10.0.0.22:5432\n    server primary 10.0.0.21:5432 backup\n", read_servers)
+    shipped_check = "    default-server check inter 2s fall 3 rise 2 on-marked-down shutdown-sessions\n"
+    if shipped_listen.count(shipped_check) != 1:
+        raise FixtureError(f"conf/haproxy/haproxy.cfg changed: expected {shipped_check!r} in listen pretix_replica")
+    for section, check in (
+            ("pretix_replica_equal", f"    timeout check {int(equal_timeout * 1000)}ms\n"
+             f"    default-server check inter {int(equal_inter * 1000)}ms fall {equal_fall} rise {equal_rise} "
+             "on-marked-down shutdown-sessions\n"),
+            ("pretix_replica_default", shipped_check)):
+        listen = (shipped_listen.replace("listen pretix_replica\n", f"listen {section}\n")
+                  .replace("    bind :5433\n", f"    bind unix@{directory}/.s.PGSQL.{READ_PATHS[section]} mode 666\n")
+                  .replace("    server replica 10.0.0.22:5432\n    server primary 10.0.0.21:5432 backup\n",
+                           read_servers)
+                  .replace(shipped_check, check))
+        text += f"\n# tier: pretix's read path gated by haproxy's own TCP check alone, for comparison\n{listen}"
     plain = "".join(f"    server {name} 127.0.0.1:{node.port}\n" for name, node in nodes.items())
+    comparisons = ""
     for backend, inter, fall, rise, timeout in (
             ("pretix_equal", equal_inter, equal_fall, equal_rise, equal_timeout),
             ("pretix_default", HX_DEFAULT_INTER, HX_DEFAULT_FALL, HX_DEFAULT_RISE, None)):
-        text += (
-            f"\n# tier: haproxy's own checks only ({BACKENDS[backend]}), for comparison\n"
+        comparisons += (
+            f"# tier: haproxy's own checks only ({BACKENDS[backend]}), for comparison\n"
             f"frontend {backend}\n"
             f"    bind unix@{directory}/fe-{backend}.sock mode 666\n"
             f"    default_backend {backend}\n"
@@ -495,10 +649,13 @@ def load_balancer_config(directory: Path, nodes: dict[str, Node], *, equal_inter
             "    option httpchk\n"
             f"    http-check send meth GET uri /healthcheck/ ver HTTP/1.1 hdr Host {HOST_HEADER}\n"
             "    http-check expect status 200\n"
+            "    http-response set-header X-Tier-Server %s\n"
             + (f"    timeout check {int(timeout * 1000)}ms\n" if timeout else "")
             + f"    default-server check inter {int(inter * 1000)}ms fall {fall} rise {rise} weight 100 maxconn 32\n"
-            + plain
+            + plain + "\n"
         )
+    # In the HTTP part of the file: after the read path's comment comes its own `defaults mode tcp`.
+    replace("# pretix's read path.", comparisons + "# pretix's read path.")
     return text
 
 
@@ -567,46 +724,84 @@ def usable(state: ServerState) -> bool:
 # ------------------------------------------------------------------------------------------- agents
 
 
-def lb_agent_config(cluster: PretixCluster) -> str:
+def lb_agent_config(cluster: PretixCluster, *, shared_checks: Iterable[str] = ("redis",)) -> str:
     """The agent on the load balancer: an http check of each node's /healthcheck/ gating its
-    server in the shipped backend; the broker's queues and the replica as status-only checks."""
+    server in the shipped backend, with its own check of Redis as the backend's shared cause
+    (`shared_checks`); the replica's postgres check gating the replica in pretix's read path
+    (`listen pretix_replica`), shutting its sessions when it takes it out; the broker's queues as a
+    status-only check."""
     text = ""
     for name, node in cluster.nodes.items():
         text += (f"\n[checks.web-{name}]\ntype = \"http\"\nurl = \"http://127.0.0.1:{node.port}/healthcheck/\"\n"
                  f"host = \"{HOST_HEADER}\"\ninterval = \"{int(AGENT_INTERVAL * 1000)}ms\"\n"
                  f"timeout = \"{int(AGENT_TIMEOUT * 1000)}ms\"\nfall = {AGENT_FALL}\nrise = {AGENT_RISE}\n")
-    assert cluster.pg.replica is not None
+    replica, primary = cluster.pg.replica, cluster.pg.primary
+    assert replica is not None
+    agent_login = f"dbname=postgres user={pg_fixture.AGENT_ROLE} password={cluster.pg.agent_password}"
     text += (
         f"\n[checks.broker]\ntype = \"redis\"\nurl = \"{cluster.redis.url(1)}\"\n"
         f"queues = {json.dumps(list(PRETIX_QUEUES))}\nmax_queue_length = {cluster.max_queue_length}\n"
         f"max_queue_age = \"{cluster.max_queue_age:g}s\"\ninterval = \"1s\"\ntimeout = \"800ms\"\nfall = 1\nrise = 1\n"
+        + redis_check(cluster) +
+        # fall 1: a replica that is down or behind is out at its first failed probe (the issue's bound
+        # is one failed page probe a second); rise 2: it returns once caught up twice in a row.
         f"\n[checks.replica]\ntype = \"postgres\"\nrole = \"standby\"\n"
-        f"dsn = \"host={cluster.pg.replica.socket_dir} port={cluster.pg.replica.port} dbname=postgres "
-        f"user={pg_fixture.AGENT_ROLE} password={cluster.pg.agent_password}\"\n"
-        f"interval = \"1s\"\ntimeout = \"800ms\"\nfall = 1\nrise = 1\n"
-        # hold_down and the change rate are loosened so a node that comes back between scenarios is
-        # put back within seconds; hard failures (what is measured) act at once regardless.
+        f"dsn = \"host={replica.socket_dir} port={replica.port} {agent_login}\"\n"
+        f"primary_dsn = \"host={primary.socket_dir} port={primary.port} {agent_login}\"\n"
+        f"max_lag_seconds = \"{REPLICA_MAX_LAG:g}s\"\n"
+        f"interval = \"1s\"\ntimeout = \"800ms\"\nfall = 1\nrise = {AGENT_RISE}\n"
+        # The change rate is loosened so that scenarios may follow one another; flap_window is
+        # short so that one scenario's take-out does not count as a flap of the next one's (the
+        # shipped hold_down, 10 s, stays: a server taken out once must come back after `rise`).
         # haproxy is read back every 500 ms: a node drained through agent-check is noticed soon.
         f"\n[haproxy]\nsocket = \"{cluster.lb.admin_socket}\"\ninterval = \"500ms\"\n"
-        f"hold_down = \"1s\"\nmax_changes_per_minute = 120\nmin_ready = 1\nstate_file = \"{cluster.lb.state_file}\"\n"
+        f"flap_window = \"{FLAP_WINDOW:g}s\"\nmax_changes_per_minute = 120\nmin_ready = 1\n"
+        f"state_file = \"{cluster.lb.state_file}\"\nshared_checks = {json.dumps(list(shared_checks))}\n"
     )
     for name in cluster.nodes:
         text += f"\n[[haproxy.server]]\nbackend = \"pretix\"\nserver = \"{name}\"\nchecks = [\"web-{name}\"]\n"
+    text += ("\n[[haproxy.server]]\nbackend = \"pretix_replica\"\nserver = \"replica\"\nchecks = [\"replica\"]\n"
+             "shared_checks = []\nshutdown_sessions = true\n")
     return text
 
 
-def node_agent_config(node: Node) -> str:
+def redis_check(cluster: PretixCluster) -> str:
+    """An agent's check of Redis itself (reachable, writable), named `redis`."""
+    return (f"\n[checks.redis]\ntype = \"redis\"\nurl = \"{cluster.redis.url(1)}\"\n"
+            f"interval = \"1s\"\ntimeout = \"800ms\"\nfall = 1\nrise = {AGENT_RISE}\n")
+
+
+def node_agent_config(node: Node, cluster: PretixCluster | None = None, *, gate_on_web: bool = False,
+                      shared_checks: Iterable[str] = ()) -> str:
     """A node's agent: its maintenance marker is the one its nginx looks at (write_config puts it
-    in agent_dir/state), and it answers haproxy's agent-check. Its agent-check gates on no check,
-    so that haproxy's view of a failing node comes from the load balancer's agent alone (what the
-    scenarios measure); it answers `up 0%` while drained."""
-    return f"\n[agent_check]\nlisten = \"127.0.0.1:{node.agent_check_port}\"\nchecks = []\n"
+    in agent_dir/state), and it answers haproxy's agent-check. By default its agent-check gates on
+    no check, so that haproxy's view of a failing node comes from the load balancer's agent alone
+    (what the node fault scenarios measure); it answers `up 0%` while drained. With `gate_on_web`,
+    it gates on its own http check of its node's /healthcheck/, with its own Redis check (`redis`)
+    available to `shared_checks` and to `[maintenance] on_failing` (agent_toml's `maintenance`)."""
+    text = ""
+    if gate_on_web or shared_checks:
+        assert cluster is not None
+        text += (f"\n[checks.web]\ntype = \"http\"\nurl = \"http://127.0.0.1:{node.port}/healthcheck/\"\n"
+                 f"host = \"{HOST_HEADER}\"\ninterval = \"{int(AGENT_INTERVAL * 1000)}ms\"\n"
+                 f"timeout = \"{int(AGENT_TIMEOUT * 1000)}ms\"\nfall = {AGENT_FALL}\nrise = {AGENT_RISE}\n"
+                 + redis_check(cluster))
+    text += (f"\n[agent_check]\nlisten = \"127.0.0.1:{node.agent_check_port}\"\n"
+             f"checks = {json.dumps(['web'] if gate_on_web else [])}\n"
+             f"shared_checks = {json.dumps(list(shared_checks))}\n")
+    return text
 
 
-def start_agent(directory: Path, config_text: str, node: str) -> Agent:
-    config = write_config(directory, config_text)
+def agent_toml(directory: Path, config_text: str, node: str, maintenance: str = "") -> Path:
+    """Write the agent's configuration (agent_fixture.write_config, with this node's name);
+    `maintenance`: more keys of its [maintenance] table (`on_failing = ["redis"]`)."""
+    config = write_config(directory, config_text, windows=maintenance)
     config.write_text(config.read_text().replace('node = "test-node"', f'node = "{node}"'))
-    agent = Agent(directory, config)
+    return config
+
+
+def start_agent(directory: Path, config_text: str, node: str, maintenance: str = "") -> Agent:
+    agent = Agent(directory, agent_toml(directory, config_text, node, maintenance))
     try:
         agent.wait_ready(60)
     except AssertionError:
@@ -614,6 +809,23 @@ def start_agent(directory: Path, config_text: str, node: str) -> Agent:
         agent.stop()
         raise FixtureError(f"the agent {node} did not become ready:\n{log[-3000:]}") from None
     return agent
+
+
+def reconfigure_agent(agent: Agent, config_text: str, node: str, maintenance: str = "",
+                      timeout: float = 30.0) -> None:
+    """Give a running agent a new configuration: write it, SIGHUP, wait until it was applied."""
+    done = agent.log().count("config.reloaded")
+    failed = agent.log().count("config.reload_failed")
+    agent_toml(agent.directory, config_text, node, maintenance)
+    agent.signal(signal.SIGHUP)
+
+    def applied() -> bool:
+        log = agent.log()
+        if log.count("config.reload_failed") > failed:
+            raise FixtureError(f"the agent {node} refused its new configuration:\n{log[-3000:]}")
+        return log.count("config.reloaded") > done
+
+    wait_until(applied, timeout=timeout, what=f"the agent {node} to reload", details=lambda: agent.log()[-3000:])
 
 
 # ------------------------------------------------------------------------------------------ cluster
@@ -639,6 +851,9 @@ class PretixCluster:
         self.lb_agent: Agent | None = None
         self.shop: Shop
         self._closers: list[Callable[[], None]] = []
+        self._agent_serial = iter(range(1, 1_000_000))
+        self.fencing_password = ""
+        self.fencing_passfile = self.dir / "fencing" / "pgpass"
         self._finalizer = weakref.finalize(self, _close_all, self._closers, self.dir, self.keep_dir)
 
     def __enter__(self) -> PretixCluster:
@@ -672,22 +887,26 @@ class PretixCluster:
         self.pg = pg_fixture.PgReplicationCluster(tcp=False, template=template, base_dir=self.dir, keep_dir=True)
         self._closers.append(self.pg.close)
         self._timed("postgres", self.pg.start)
+        self._timed("roles", self._create_roles)
         self.redis = RedisBroker(self.dir / "redis")
         self._closers.append(self.redis.stop)
         self._timed("redis", self.redis.start)
-        config = write_pretix_cfg(self.dir, self.pg, self.redis)
+        config = write_pretix_cfg(self.dir, self.pg, self.redis, user=PRETIX_ROLE,
+                                  replica=self.read_endpoint("pretix_replica"))
         self.config = config
-        shop = self._timed("shop", lambda: self._run_in_venv([str(SHOP_SCRIPT)], "creating the shop"))
+        # The shop is made before haproxy runs: should it read through [replica], it reads the replica.
+        shop = self._timed("shop", lambda: self._run_in_venv([str(SHOP_SCRIPT)], "creating the shop",
+                                                             env=self._read_env("direct")))
         self.shop = Shop(**json.loads(shop.strip().splitlines()[-1]))
         self.celery = ManagedProcess(
             "celery", [str(self.venv.python), "-m", "celery", "-A", "pretix.celery_app", "worker", "-l", "warning",
                        "-Q", ",".join(PRETIX_QUEUES), "--concurrency", "1", "-n", "tier@%h", "--without-gossip",
                        "--without-mingle", "--without-heartbeat"],
-            pretix_env(config), self.dir / "celery.log", self.dir)
+            {**pretix_env(config), "PGAPPNAME": "pretix-celery"}, self.dir / "celery.log", self.dir)
         self._closers.append(self.celery.stop)
         self.celery.start()
         for name in NODES:
-            node = Node(name, self.dir / name, self.venv, config, self.workers)
+            node = Node(name, self.dir / name, self.venv, config, self.workers, self.read_endpoint)
             self.nodes[name] = node
             self._closers.append(node.gunicorn.stop)
             node.start_nginx()
@@ -697,7 +916,7 @@ class PretixCluster:
             self._start_node_agent(node)
         self.lb = LoadBalancer(self.dir / "lb")
         self._closers.append(self.lb.stop)
-        self.lb.start(load_balancer_config(self.lb.dir, self.nodes))
+        self.lb.start(load_balancer_config(self.lb.dir, self.nodes, self.pg))
         (self.dir / "lb" / "agent").mkdir()
         self.lb_agent = start_agent(self.dir / "lb" / "agent", lb_agent_config(self), "lb")
         self._closers.append(self.lb_agent.stop)
@@ -729,13 +948,101 @@ class PretixCluster:
                 return "listening"
         return None
 
-    def _run_in_venv(self, args: list[str], what: str, timeout: float = 300) -> str:
-        result = subprocess.run([str(self.venv.python), *args], env=pretix_env(self.config), capture_output=True,
-                                text=True, timeout=timeout, cwd=self.dir, preexec_fn=pdeathsig(signal.SIGKILL))
+    def _run_in_venv(self, args: list[str], what: str, timeout: float = 300, env: dict[str, str] | None = None) -> str:
+        result = subprocess.run([str(self.venv.python), *args], env={**pretix_env(self.config), **(env or {})},
+                                capture_output=True, text=True, timeout=timeout, cwd=self.dir,
+                                preexec_fn=pdeathsig(signal.SIGKILL))
         if result.returncode != 0:
             raise FixtureError(f"{what} failed (exit {result.returncode}):\n{result.stdout[-2000:]}"
                                f"{result.stderr[-4000:]}")
         return result.stdout
+
+    # -- database roles and pretix's read path
+    def _create_roles(self) -> None:
+        """pretix's role (the template's tables belong to the superuser that migrated them: pretix
+        gets every right on them), and lock fencing's role as docs/lock_fencing.md has it, which
+        logs in with a password (scram-sha-256, from a passfile) over the primary's socket."""
+        self.fencing_password = secrets.token_hex(16)
+        with psycopg.connect(self.pg.primary.superuser_dsn("pretix"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(PRETIX_ROLE)))
+            for grant in ("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}",
+                          "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {}", "GRANT USAGE ON SCHEMA public TO {}"):
+                conn.execute(sql.SQL(grant).format(sql.Identifier(PRETIX_ROLE)))
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(FENCING_ROLE), sql.Literal(self.fencing_password)))
+            conn.execute(sql.SQL("GRANT pg_signal_backend, pg_read_all_stats TO {}").format(
+                sql.Identifier(FENCING_ROLE)))
+        hba = self.pg.primary.datadir / "pg_hba.conf"  # first match wins: before the fixture's `local all all trust`
+        hba.write_text(f"local   postgres     {FENCING_ROLE}                    scram-sha-256\n" + hba.read_text())
+        self.pg.primary.execute("SELECT pg_reload_conf()")
+        fencing_dir = self.dir / "fencing"
+        fencing_dir.mkdir(mode=0o700)
+        self.fencing_passfile = fencing_dir / "pgpass"
+        self.fencing_passfile.touch(mode=0o600)
+        primary = self.pg.primary
+        self.fencing_passfile.write_text(f"{primary.socket_dir}:{primary.port}:postgres:{FENCING_ROLE}:"
+                                         f"{self.fencing_password}\n")
+
+    def read_endpoint(self, read_path: str) -> tuple[str, int]:
+        """Where pretix's [replica] connects for `read_path` (one of READ_PATHS): a socket directory
+        and a port."""
+        if read_path == "direct":
+            assert self.pg.replica is not None
+            return str(self.pg.replica.socket_dir), self.pg.replica.port
+        return str(self.dir / "lb"), READ_PATHS[read_path]
+
+    def _read_env(self, read_path: str) -> dict[str, str]:
+        host, port = self.read_endpoint(read_path)
+        return {"PRETIX_REPLICA_HOST": host, "PRETIX_REPLICA_PORT": str(port)}
+
+    def pretix_sessions(self, server: str = "replica") -> dict[str, int]:
+        """{application_name: sessions} of pretix's role on one PostgreSQL server (its workers name
+        their sessions pretix-<node>-<pid>)."""
+        target = self.pg.replica if server == "replica" else self.pg.primary
+        assert target is not None
+        with psycopg.connect(target.superuser_dsn(), autocommit=True) as conn:
+            rows = conn.execute("SELECT application_name, count(*) FROM pg_stat_activity WHERE usename = %s "
+                                "GROUP BY application_name", [PRETIX_ROLE]).fetchall()
+        return {name: int(count) for name, count in rows}
+
+    # -- agents
+    def reconfigure_nodes(self, *, gate_on_web: bool = False, shared_checks: Iterable[str] = (),
+                          on_failing: dict[str, Iterable[str]] | None = None) -> None:
+        """Reload every node's agent with node_agent_config(...) (no arguments: the tier's default);
+        `on_failing`: per node, its `[maintenance] on_failing`."""
+        for name, node in self.nodes.items():
+            assert node.agent is not None
+            failing = list((on_failing or {}).get(name, ()))
+            reconfigure_agent(node.agent, node_agent_config(node, self, gate_on_web=gate_on_web,
+                                                            shared_checks=shared_checks), name,
+                              maintenance=f"on_failing = {json.dumps(failing)}" if failing else "")
+
+    def reconfigure_lb(self, **options: Any) -> None:
+        """Reload the load balancer's agent with lb_agent_config(self, **options)."""
+        assert self.lb_agent is not None
+        reconfigure_agent(self.lb_agent, lb_agent_config(self, **options), "lb")
+
+    def fencing_agent_config(self, *, enforce: bool) -> str:
+        primary = self.pg.primary
+        return (f"\n[lock_fencing]\ndsn = \"host={primary.socket_dir} port={primary.port} dbname=postgres "
+                f"user={FENCING_ROLE} passfile={self.fencing_passfile}\"\n"
+                f"enforce = {'true' if enforce else 'false'}\ndatabases = [\"pretix\"]\nusers = [\"{PRETIX_ROLE}\"]\n")
+
+    @contextlib.contextmanager
+    def fencing_agent(self, *, enforce: bool) -> Iterator[Agent]:
+        """An agent with [lock_fencing] (the shipped max_hold, interval and timeout) on the primary,
+        as on a database node, while the block runs; `enforce = false`: its dry run. Waits until it
+        is connected."""
+        directory = self.dir / "fencing" / f"agent-{next(self._agent_serial)}"
+        directory.mkdir()
+        agent = start_agent(directory, self.fencing_agent_config(enforce=enforce), "db")
+        self._closers.append(agent.stop)
+        try:
+            wait_until(lambda: (agent.status().get("lock_fencing") or {}).get("connected"), timeout=30,
+                       what="the fencing agent to connect to the primary", details=lambda: agent.log()[-3000:])
+            yield agent
+        finally:
+            agent.stop()
 
     # -- state
     def wait_all_usable(self, timeout: float = 60.0) -> None:
@@ -754,6 +1061,21 @@ class PretixCluster:
         assert self.lb_agent is not None
         lines = self.lb_agent.log().splitlines()[since_line:]
         return [" ".join(line.split()[2:]) for line in lines if "haproxy.server_state_changed" in line]
+
+    def seconds_since_take_out(self, backend: str, server: str) -> float | None:
+        """How long ago the load balancer's agent last took backend/server out (by its log's
+        wall-clock time, to the second, rounded up); None if it never did."""
+        assert self.lb_agent is not None
+        marker = f"haproxy.server_state_changed backend={backend} server={server} state="
+        stamps = [line.split()[0] for line in self.lb_agent.log().splitlines()
+                  if marker in line and f"{marker}ready" not in line]
+        if not stamps:
+            return None
+        now = datetime.datetime.now()
+        at = datetime.datetime.combine(now.date(), datetime.time.fromisoformat(stamps[-1]))
+        if at > now:  # logged before midnight
+            at -= datetime.timedelta(days=1)
+        return (now - at).total_seconds() - 1.0
 
     def agent_log_lines(self) -> int:
         assert self.lb_agent is not None
@@ -781,9 +1103,11 @@ class PretixCluster:
         return {email: int(count) for email, count in rows}
 
     def driver(self, run_id: str, *, rate: float = 5.0, backends: Iterable[str] = ("pretix",),
-               timeout: float = 30.0) -> OrderDriver:
+               timeout: float = 30.0, limited: bool = False) -> OrderDriver:
+        """An order driver through the frontends of `backends`; `limited`: orders of the product in
+        a quota with a size (each takes the quota's lock)."""
         return OrderDriver([self.lb.frontend(b) for b in backends], self.shop, rate=rate, run_id=run_id,
-                           timeout=timeout)
+                           timeout=timeout, item=self.shop.limited_item if limited else None)
 
     def set_notification_load(self, tasks_last_minute: int) -> None:
         """Set pretix's fair-use counter of the shop's organizer (pretix/helpers/celery.py,

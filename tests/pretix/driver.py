@@ -102,6 +102,7 @@ class Shop:
     event: str
     item: int
     token: str
+    limited_item: int = 0  # in a quota with a size: its orders take the quota's lock
 
     @property
     def orders_path(self) -> str:
@@ -119,9 +120,11 @@ class Sent:
 
 class OrderDriver:
     def __init__(self, endpoints: Endpoint | list[Endpoint], shop: Shop, *, rate: float, run_id: str,
-                 timeout: float = 30.0, max_in_flight: int = 64, clock: Callable[[], float] = time.monotonic):
+                 timeout: float = 30.0, max_in_flight: int = 64, clock: Callable[[], float] = time.monotonic,
+                 item: int | None = None):
         self.endpoints = endpoints if isinstance(endpoints, list) else [endpoints]
         self.shop = shop
+        self.item = shop.item if item is None else item
         self.rate = rate
         self.run_id = run_id
         self.timeout = timeout
@@ -144,7 +147,7 @@ class OrderDriver:
 
     def _body(self, email: str) -> bytes:
         return json.dumps({"email": email, "locale": "en", "sales_channel": "web",
-                           "positions": [{"item": self.shop.item, "price": "10.00"}]}).encode()
+                           "positions": [{"item": self.item, "price": "10.00"}]}).encode()
 
     def _send(self, sent: Sent) -> None:
         try:

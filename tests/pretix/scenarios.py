@@ -70,6 +70,123 @@ class OutWatcher:
         return all(backend in self.out_at for backend in self.backends)
 
 
+class StateWatcher:
+    """Polls `show servers state` every `step` s on its own thread and records, for every server of
+    `backends`, when it stopped and started being usable: `changes[(backend, server)]` is a list of
+    (monotonic time, usable), its state at the start first."""
+
+    def __init__(self, cluster: PretixCluster, backends: Iterable[str], step: float = 0.01):
+        self.cluster = cluster
+        self.backends = tuple(backends)
+        self.step = step
+        self.changes: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watch-states", daemon=True)
+
+    def __enter__(self) -> StateWatcher:
+        self._poll(self.cluster.lb.runtime(timeout=2.0))  # the state at the start, before anything happens
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _poll(self, api: Any) -> None:
+        now = time.monotonic()
+        states = [s for s in api.servers_state() if s.backend in self.backends]
+        with self._lock:
+            for state in states:
+                key = (state.backend, state.server)
+                seen = self.changes.setdefault(key, [])
+                if not seen or seen[-1][1] != usable(state):
+                    seen.append((now, usable(state)))
+
+    def _run(self) -> None:
+        api = self.cluster.lb.runtime(timeout=1.0)
+        while not self._stop.is_set():
+            try:
+                self._poll(api)
+            except Exception:  # haproxy busy for a moment: poll again
+                pass
+            self._stop.wait(self.step)
+
+    def timeline(self, key: tuple[str, str]) -> list[tuple[float, bool]]:
+        with self._lock:
+            return list(self.changes.get(key, []))
+
+    def out_at(self, key: tuple[str, str], after: float = float("-inf")) -> float | None:
+        """When `key` first stopped being usable after `after` (None: it did not)."""
+        return next((t for t, ok in self.timeline(key) if t >= after and not ok), None)
+
+    def back_at(self, key: tuple[str, str], after: float) -> float | None:
+        """When `key` was first usable again after `after` (None: not yet)."""
+        return next((t for t, ok in self.timeline(key) if t >= after and ok), None)
+
+    def usable_now(self, key: tuple[str, str]) -> bool:
+        seen = self.timeline(key)
+        return bool(seen) and seen[-1][1]
+
+    def ever_out(self, after: float, until: float = float("inf")) -> dict[str, list[str]]:
+        """Per backend, the servers that were not usable at some moment between `after` and `until`."""
+        out: dict[str, list[str]] = {backend: [] for backend in self.backends}
+        with self._lock:
+            for (backend, server), seen in sorted(self.changes.items()):
+                state_at_start = [ok for t, ok in seen if t <= after][-1:] or [True]
+                if not state_at_start[0] or any(not ok for t, ok in seen if after < t <= until):
+                    out[backend].append(server)
+        return out
+
+
+class PageProber:
+    """GETs `path` on every node (through its own nginx, so each node's read path and maintenance
+    page are seen alone) once every `period` s on its own thread; `answers[node]` is a list of
+    (monotonic time sent, status or None, Retry-After or None). A probe waits up to `timeout` for
+    its answer (a slow page is a slow page, not a failed one; the next probe waits for it)."""
+
+    def __init__(self, cluster: PretixCluster, path: str = "/agent/tier/", period: float = 1.0,
+                 nodes: Iterable[str] | None = None, timeout: float = 10.0):
+        self.cluster = cluster
+        self.path = path
+        self.period = period
+        self.timeout = timeout
+        self.nodes = tuple(nodes or cluster.nodes)
+        self.answers: dict[str, list[tuple[float, int | None, str | None]]] = {name: [] for name in self.nodes}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="probe-pages", daemon=True)
+
+    def __enter__(self) -> PageProber:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        tick = 0
+        while not self._stop.is_set():
+            for name in self.nodes:
+                sent = time.monotonic()
+                answer = self.cluster.nodes[name].get(self.path, timeout=self.timeout)
+                self.answers[name].append((sent, answer.status, answer.headers.get("retry-after")))
+            tick += 1
+            self._stop.wait(max(0.0, started + tick * self.period - time.monotonic()))
+
+    def between(self, node: str, start: float, end: float) -> list[tuple[float, int | None, str | None]]:
+        return [a for a in self.answers[node] if start <= a[0] < end]
+
+
+def statuses(answers: Iterable[tuple[float, int | None, str | None]]) -> dict[str, int]:
+    """{"200": 13, "500": 2, "None": 0, ...} of some PageProber answers."""
+    counted: dict[str, int] = {}
+    for _, status, _ in answers:
+        counted[str(status)] = counted.get(str(status), 0) + 1
+    return counted
+
+
 @dataclass
 class Outcome:
     """What one scenario measured."""

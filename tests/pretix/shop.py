@@ -2,9 +2,13 @@
 
     venv/bin/python tests/pretix/shop.py      (PRETIX_CONFIG_FILE set, DJANGO_SETTINGS_MODULE unset)
 
-Creates (or finds) organizer "agent", event "tier" (live, in 30 days), one product "Ticket" at
-10.00 EUR in an unlimited quota, and a team with every permission whose API token the order driver
-uses; prints one JSON line: {"organizer", "organizer_id", "event", "item", "token"}. A new token on every run.
+Creates (or finds) organizer "agent", event "tier" (live, in 30 days), a product "Ticket" at
+10.00 EUR in an unlimited quota, a product "Limited ticket" at 10.00 EUR in a quota of a million,
+and a team with every permission whose API token the order driver uses; prints one JSON line:
+{"organizer", "organizer_id", "event", "item", "limited_item", "token"}. A new token on every run.
+pretix locks a quota (pg_advisory_xact_lock, pretix/base/services/locking.py) only when it has a
+size: an order of "Ticket" takes the event's shared lock alone, an order of "Limited ticket" also
+the quota's exclusive lock, which every other such order waits for.
 This file is executed by the venv's Python, never imported by the tests: it imports only pretix.
 """
 
@@ -38,11 +42,17 @@ def main() -> None:
             item = Item.objects.create(event=event, name="Ticket", default_price=Decimal("10.00"), active=True)
             quota = Quota.objects.create(event=event, name="Tickets", size=None)
             quota.items.add(item)
+        limited = event.items.filter(name="Limited ticket").first()
+        if limited is None:
+            limited = Item.objects.create(event=event, name="Limited ticket", default_price=Decimal("10.00"),
+                                          active=True)
+            quota = Quota.objects.create(event=event, name="Limited tickets", size=1_000_000)
+            quota.items.add(limited)
         team, _ = Team.objects.get_or_create(organizer=organizer, name="order driver", defaults={
             "all_events": True, "all_event_permissions": True, "all_organizer_permissions": True})
         token = team.tokens.create(name="order driver")
         print(json.dumps({"organizer": organizer.slug, "organizer_id": organizer.pk, "event": event.slug,
-                          "item": item.pk, "token": token.token}))
+                          "item": item.pk, "limited_item": limited.pk, "token": token.token}))
 
 
 main()

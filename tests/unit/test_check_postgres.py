@@ -77,6 +77,53 @@ def test_standby_behind_received_wal_uses_the_age_of_the_last_replayed_commit_as
     assert not result.hard
 
 
+def test_first_wal_after_a_quiet_spell_is_no_time_lag_older_than_the_last_probe_that_saw_replay_caught_up():
+    # Measured in the pretix tier: 24 bytes received but not yet replayed, the last replayed commit
+    # 21.6 s old (no orders for 21 s), the replay caught up at the probe a second before.
+    seen = standby(receive_lsn=LSN + 24, replay_age=21.6, caught_up_age=1.0)
+    result = classify(seen, options(max_lag_seconds=5.0))
+    assert result.outcome == "pass"
+    assert result.values["lag_seconds"] == 1.0
+    assert result.reason == "standby streaming, replay 24 B / 1.0 s behind"
+
+
+def test_a_replay_long_behind_is_as_far_behind_as_its_last_replayed_commit_when_that_is_more_recent():
+    seen = standby(receive_lsn=LSN + 4096, replay_age=7.5, caught_up_age=40.0)
+    result = classify(seen, options(max_lag_seconds=5.0))
+    assert result.outcome == "fail"
+    assert result.values["lag_seconds"] == 7.5
+
+
+class FakeKeeper:
+    """Stands in for the probe's ConnectionKeeper: each run returns the next observation."""
+
+    def __init__(self, observations):
+        self.observations = list(observations)
+
+    def run(self, deadline, observe):
+        return self.observations.pop(0)
+
+    def close(self):
+        pass
+
+
+def test_the_probe_remembers_when_it_last_saw_the_replay_caught_up_and_bounds_the_time_lag_by_it():
+    now = [100.0]
+    probe = postgres.PostgresProbe(options(max_lag_seconds=5.0), keep=False, clock=lambda: now[0])
+    probe.server = FakeKeeper([
+        standby(receive_lsn=LSN + 24, replay_age=30.0),  # nothing seen caught up yet: the commit's age
+        standby(replay_age=31.0),  # caught up (at 101)
+        standby(receive_lsn=LSN + 24, replay_age=32.0),  # a second later: at most a second behind
+        standby(receive_lsn=LSN + 8192, replay_age=39.0),  # stuck since: as long as since 101
+    ])
+    results = []
+    for _ in range(4):
+        results.append(probe(Deadline(1.0)))
+        now[0] += 1.0
+    assert [r.values["lag_seconds"] for r in results] == [30.0, 0.0, 1.0, 2.0]
+    assert [r.outcome for r in results] == ["fail", "pass", "pass", "pass"]
+
+
 def test_standby_behind_by_more_than_max_lag_bytes_fails():
     result = classify(standby(receive_lsn=LSN + 20 * MiB, replay_age=1.0), options())
     assert result.outcome == "fail"

@@ -1287,7 +1287,8 @@ def _show_default(key: Key, name: str) -> str:
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     if isinstance(value, tuple):
-        return "`[]`" if not value else "`" + json.dumps([str(item) for item in value]) + "`"
+        items = [item if isinstance(item, int) and not isinstance(item, bool) else str(item) for item in value]
+        return "`[]`" if not items else "`" + json.dumps(items) + "`"
     if isinstance(value, zoneinfo.ZoneInfo):
         return f'`"{value.key}"`'
     if isinstance(value, Path | str):

@@ -22,7 +22,6 @@ says which (Node.errors_since).
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -31,7 +30,7 @@ import psycopg
 from tests.integration.processes import FixtureError, wait_until
 
 from .cluster import AGENT_INTERVAL, READ_PATHS, REPLICA_MAX_LAG, PretixCluster, usable, worker_of
-from .scenarios import RATE, Outcome, PageProber, StateWatcher, run_id, statuses
+from .scenarios import RATE, Outcome, PageProber, Poller, StateWatcher, run_id, statuses
 
 READ_LISTENS = tuple(path for path in READ_PATHS if path != "direct")
 AGENT_PATH = "pretix_replica"
@@ -157,7 +156,7 @@ def replica_stopped(cluster: PretixCluster, *, compare: str = "pretix_replica_eq
     return outcome
 
 
-class LagWatcher:
+class LagWatcher(Poller):
     """Polls the replica every 20 ms on its own thread (as the superuser, on its own socket): when
     its replay lag first passed `limit` seconds: the age of the last replayed commit while WAL is
     received but not replayed. Start it once replay is paused under writes: the last replayed
@@ -171,16 +170,7 @@ class LagWatcher:
         self.limit = limit
         self.crossed_at: float | None = None
         self.last: tuple[bool, float] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watch-lag", daemon=True)
-
-    def __enter__(self) -> LagWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        super().__init__("watch-lag")
 
     def _run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from tests.integration.processes import FixtureError, wait_until
 
@@ -30,7 +30,30 @@ EXEMPT = {  # reachable while locked: path -> method
 }
 
 
-class OutWatcher:
+class Poller:
+    """A thread that polls something until the `with` block ends: subclasses set their fields,
+    call `super().__init__(name)` and poll in `_run` until `self._stop` is set, waiting on it
+    between rounds (so leaving the block ends the thread at once)."""
+
+    join_timeout = 5.0
+
+    def __init__(self, name: str):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.join_timeout)
+
+
+class OutWatcher(Poller):
     """Polls `show servers state` every `step` s on its own thread and records, per backend, the
     first time `server` stopped being usable (and, with `back`, the first time it was usable again)."""
 
@@ -40,16 +63,7 @@ class OutWatcher:
         self.backends = tuple(backends)
         self.step = step
         self.out_at: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"watch-{server}", daemon=True)
-
-    def __enter__(self) -> OutWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        super().__init__(f"watch-{server}")
 
     def _run(self) -> None:
         api = self.cluster.lb.runtime(timeout=1.0)
@@ -70,7 +84,7 @@ class OutWatcher:
         return all(backend in self.out_at for backend in self.backends)
 
 
-class StateWatcher:
+class StateWatcher(Poller):
     """Polls `show servers state` every `step` s on its own thread and records, for every server of
     `backends`, when it stopped and started being usable: `changes[(backend, server)]` is a list of
     (monotonic time, usable), its state at the start first."""
@@ -81,17 +95,11 @@ class StateWatcher:
         self.step = step
         self.changes: dict[tuple[str, str], list[tuple[float, bool]]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watch-states", daemon=True)
+        super().__init__("watch-states")
 
-    def __enter__(self) -> StateWatcher:
+    def __enter__(self) -> Self:
         self._poll(self.cluster.lb.runtime(timeout=2.0))  # the state at the start, before anything happens
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        return super().__enter__()
 
     def _poll(self, api: Any) -> None:
         now = time.monotonic()
@@ -139,11 +147,13 @@ class StateWatcher:
         return out
 
 
-class PageProber:
+class PageProber(Poller):
     """GETs `path` on every node (through its own nginx, so each node's read path and maintenance
     page are seen alone) once every `period` s on its own thread; `answers[node]` is a list of
     (monotonic time sent, status or None, Retry-After or None). A probe waits up to `timeout` for
     its answer (a slow page is a slow page, not a failed one; the next probe waits for it)."""
+
+    join_timeout = 15.0  # a probe in flight waits up to its own timeout
 
     def __init__(self, cluster: PretixCluster, path: str = "/agent/tier/", period: float = 1.0,
                  nodes: Iterable[str] | None = None, timeout: float = 10.0):
@@ -153,16 +163,7 @@ class PageProber:
         self.timeout = timeout
         self.nodes = tuple(nodes or cluster.nodes)
         self.answers: dict[str, list[tuple[float, int | None, str | None]]] = {name: [] for name in self.nodes}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="probe-pages", daemon=True)
-
-    def __enter__(self) -> PageProber:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
+        super().__init__("probe-pages")
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -367,7 +368,7 @@ def _sessions(cluster: PretixCluster, node: str) -> int | None:
 # ------------------------------------------------------------------------------------------ celery
 
 
-class QueueWatcher:
+class QueueWatcher(Poller):
     """Polls the broker's lists every 20 ms on its own thread: when a task first waited, and when a
     queue (all its lists) first held more than `limit` tasks."""
 
@@ -377,16 +378,7 @@ class QueueWatcher:
         self.first_task_at: float | None = None
         self.over_at: float | None = None
         self.first_lists: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watch-queues", daemon=True)
-
-    def __enter__(self) -> QueueWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        super().__init__("watch-queues")
 
     def _run(self) -> None:
         while not self._stop.is_set():

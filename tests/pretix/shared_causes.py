@@ -16,7 +16,6 @@ defaults), as the node fault scenarios do.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +24,10 @@ from tests.integration.agent_fixture import Agent
 from tests.integration.processes import FixtureError, wait_until
 
 from .cluster import AGENT_INTERVAL, AGENT_RISE, BACKENDS, FLAP_WINDOW, PretixCluster
-from .scenarios import RATE, Outcome, PageProber, StateWatcher, _reckon_per_frontend, run_id, statuses
+from .scenarios import RATE, Outcome, PageProber, Poller, StateWatcher, _reckon_per_frontend, run_id, statuses
 
 
-class StatusWatcher:
+class StatusWatcher(Poller):
     """Polls agents' status every `step` s on its own thread and records each new value `pick`
     takes from it: `seen[name]` is a list of (monotonic time, value)."""
 
@@ -37,16 +36,7 @@ class StatusWatcher:
         self.pick = pick
         self.step = step
         self.seen: dict[str, list[tuple[float, Any]]] = {name: [] for name in agents}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watch-status", daemon=True)
-
-    def __enter__(self) -> StatusWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        super().__init__("watch-status")
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -40,7 +40,10 @@ def test_the_agents_events_arrive_with_their_labels(agent_factory, loki):
     # no `unit` label: outside systemd there is no unit (under systemd the journal supplies it)
     assert line["labels"] == {"host": "test-node", "service_name": "pretix-agent", "env": "test"}
     assert "loki.memory_source" in agent.log()
-    assert agent.status()["loki"]["state"] in ("idle", "sending")
+    # the receiver holds the line before the shipper has read its answer and the loop has published
+    # the status that follows: wait for that status rather than read between the two
+    wait_until(lambda: agent.status()["loki"]["state"] in ("idle", "sending"),
+               message=lambda: f"loki idle or sending in the status: {agent.status()['loki']}")
 
 
 def test_the_agents_events_carry_their_level_and_event_name_for_logql(agent_factory, loki):
